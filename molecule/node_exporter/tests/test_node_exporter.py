@@ -1,0 +1,183 @@
+"""Verifies node_exporter (and cadvisor, without its binary) on a converged lab host."""
+
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+from test_dashboards import dashboard_metric_names
+
+WG = "10.44.0.5"
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+
+FETCH = (
+    "python3 -c 'import sys, urllib.request; "
+    "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())'"
+)
+
+
+def metrics(host, address="127.0.0.1", port=9100):
+    return host.check_output(f"{FETCH} http://{address}:{port}/metrics")
+
+
+def rule_metric_names(prefix):
+    """Names with this prefix used by the alert rules (roles/prometheus, issue 6 part A)."""
+    rules = Path(__file__).resolve().parents[3] / "roles" / "prometheus" / "templates" / "rules"
+    text = "\n".join(p.read_text() for p in rules.glob("*.j2"))
+    return set(re.findall(rf"\b({prefix}[A-Za-z0-9_]+)", text))
+
+
+def families(text):
+    return {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.M)}
+
+
+def test_node_exporter_running(host):
+    service = host.service("prometheus-node-exporter")
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_listens_on_localhost_and_wireguard_only(host):
+    listening = host.check_output("ss -Hltn 'sport = :9100' | awk '{print $4}'").split()
+    assert sorted(listening) == sorted(["127.0.0.1:9100", f"{WG}:9100"])
+
+
+def test_not_reachable_on_the_docker_network_address(host):
+    eth = host.interface("eth0").addresses[0]
+    assert host.run(f"{FETCH} http://{eth}:9100/metrics").rc != 0
+
+
+def test_serves_on_both_addresses(host):
+    assert "node_cpu_seconds_total" in metrics(host)
+    assert "node_cpu_seconds_total" in metrics(host, WG)
+
+
+def test_unit_is_hardened(host):
+    props = host.check_output(
+        "systemctl show prometheus-node-exporter"
+        " -p NoNewPrivileges -p ProtectSystem -p PrivateTmp -p User"
+    )
+    assert "NoNewPrivileges=yes" in props
+    assert "ProtectSystem=strict" in props
+    assert "PrivateTmp=yes" in props
+    assert "User=prometheus" in props
+
+
+def test_serves_the_families_rules_and_dashboards_use(host):
+    served = families(metrics(host))
+    needed = {
+        "node_cpu_seconds_total",
+        "node_filesystem_avail_bytes",
+        "node_filesystem_size_bytes",
+        "node_memory_MemAvailable_bytes",
+        "node_textfile_scrape_error",
+        "node_load5",
+        "node_network_receive_bytes_total",
+    }
+    needed |= {name for name in dashboard_metric_names() if name.startswith("node_")}
+    needed |= rule_metric_names("node_")
+    assert needed - served == set()
+
+
+def test_textfile_directory_permissions(host):
+    directory = host.file(TEXTFILE_DIR)
+    assert directory.is_directory
+    assert directory.user == "root"
+    assert directory.group == "paycore-metrics"
+    assert directory.mode == 0o3775
+
+
+def test_writers_joined_the_group_and_missing_ones_are_skipped(host):
+    assert "paycore-metrics" in host.user("paycore-backup").groups
+    assert not host.user("no-such-user").exists
+
+
+def test_a_writer_publishes_a_metric(host):
+    # The backup job's user writes atomically (temp file + rename), as the convention says.
+    script = textwrap.dedent(
+        f"""
+        set -e
+        tmp=$(mktemp -p {TEXTFILE_DIR} .backup.XXXXXX)
+        printf '%s\\n' '# TYPE paycore_backup_last_success_timestamp_seconds gauge' \\
+            'paycore_backup_last_success_timestamp_seconds 1700000000' > "$tmp"
+        chmod 0644 "$tmp"
+        mv "$tmp" {TEXTFILE_DIR}/molecule-backup.prom
+        """
+    )
+    with host.sudo("paycore-backup"):
+        host.check_output(f"bash -c {quote(script)}")
+    try:
+        text = metrics(host)
+        assert "paycore_backup_last_success_timestamp_seconds 1.7e+09" in text
+        assert re.search(r"^node_textfile_scrape_error 0$", text, re.M)
+    finally:
+        host.run(f"rm -f {TEXTFILE_DIR}/molecule-backup.prom")
+
+
+def test_a_broken_textfile_is_reported(host):
+    host.check_output(f"printf 'not a metric line\\n' > {TEXTFILE_DIR}/molecule-broken.prom")
+    try:
+        assert re.search(r"^node_textfile_scrape_error 1$", metrics(host), re.M)
+    finally:
+        host.run(f"rm -f {TEXTFILE_DIR}/molecule-broken.prom")
+
+
+def quote(text):
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+# ------------------------------------------------------------------ cadvisor
+
+CADVISOR_UNIT = "/etc/systemd/system/cadvisor.service"
+
+
+def test_cadvisor_user(host):
+    user = host.user("cadvisor")
+    assert user.exists
+    assert user.shell == "/usr/sbin/nologin"
+    assert user.uid < 1000
+
+
+def test_cadvisor_unit_content(host):
+    unit = host.file(CADVISOR_UNIT)
+    assert unit.mode == 0o644
+    text = unit.content_string
+    assert "User=cadvisor" in text
+    exec_start = re.search(r"^ExecStart=(.*)$", text, re.M).group(1).split()
+    assert exec_start[0] == "/usr/local/bin/cadvisor"
+    assert f"--listen_ip={WG}" in exec_start
+    assert "--port=8081" in exec_start
+    for setting in (
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=",
+    ):
+        assert re.search(rf"^{re.escape(setting)}$", text, re.M), setting
+
+
+def test_cadvisor_unit_verifies(host):
+    result = host.run(f"systemd-analyze verify {CADVISOR_UNIT}")
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    if not host.file("/usr/local/bin/cadvisor").exists:
+        # The only acceptable complaint: the binary this lab cannot download.
+        problems = [line for line in problems if "/usr/local/bin/cadvisor" not in line]
+    assert problems == []
+
+
+def test_cadvisor_unit_known_to_systemd(host):
+    assert host.check_output("systemctl show cadvisor -p LoadState --value") == "loaded"
+
+
+def test_cadvisor_running_and_serving(host):
+    if not host.file("/usr/local/bin/cadvisor").exists:
+        pytest.skip(
+            "cAdvisor's release binary cannot be downloaded here (cadvisor_install_binary: false)"
+        )
+    assert host.service("cadvisor").is_running
+    assert host.socket(f"tcp://{WG}:8081").is_listening
+    text = host.check_output(f"{FETCH} http://{WG}:8081/metrics")
+    assert "container_cpu_usage_seconds_total" in text

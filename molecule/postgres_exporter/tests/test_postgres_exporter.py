@@ -1,0 +1,123 @@
+"""Verifies postgres_exporter against a real PostgreSQL on a converged lab host."""
+
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+from test_dashboards import dashboard_metric_names
+
+WG = "10.44.0.5"
+PASSWORD = "molecule-only-monitor-password"
+
+FETCH = (
+    "python3 -c 'import sys, urllib.request; "
+    "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())'"
+)
+
+
+def metrics(host, address="127.0.0.1"):
+    return host.check_output(f"{FETCH} http://{address}:9187/metrics")
+
+
+def rule_metric_names(prefix):
+    """Names with this prefix used by the alert rules (roles/prometheus, issue 6 part A)."""
+    rules = Path(__file__).resolve().parents[3] / "roles" / "prometheus" / "templates" / "rules"
+    text = "\n".join(p.read_text() for p in rules.glob("*.j2"))
+    return set(re.findall(rf"\b({prefix}[A-Za-z0-9_]+)", text))
+
+
+def families(text):
+    return {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.M)}
+
+
+def test_running_and_enabled(host):
+    service = host.service("prometheus-postgres-exporter")
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_listens_on_localhost_and_wireguard_only(host):
+    listening = host.check_output("ss -Hltn 'sport = :9187' | awk '{print $4}'").split()
+    assert sorted(listening) == sorted(["127.0.0.1:9187", f"{WG}:9187"])
+
+
+def test_connected_to_postgresql(host):
+    text = metrics(host, WG)
+    assert re.search(r"^pg_up 1$", text, re.M), "the exporter cannot reach PostgreSQL"
+
+
+def test_connects_as_the_monitoring_role(host):
+    out = host.check_output(
+        "runuser -u postgres -- psql -d paycore -Atc "
+        "\"SELECT count(*) FROM pg_stat_activity WHERE usename = 'paycore_monitor'\""
+    )
+    # Connections are per scrape; scrape once and look again if none is open.
+    if out == "0":
+        metrics(host)
+    roles = host.check_output(
+        "runuser -u postgres -- psql -d paycore -Atc "
+        "\"SELECT string_agg(b.rolname, ',') FROM pg_auth_members m "
+        "JOIN pg_roles b ON b.oid = m.roleid JOIN pg_roles u ON u.oid = m.member "
+        "WHERE u.rolname = 'paycore_monitor'\""
+    )
+    assert "pg_monitor" in roles.split(",")
+
+
+def test_extended_queries_served(host):
+    text = metrics(host)
+    served = families(text)
+    for name in (
+        "pg_postmaster_start_time_seconds",
+        "pg_replication_lag",
+        "pg_replication_is_replica",
+        "pg_stat_user_tables_n_live_tup",
+        "pg_stat_user_tables_n_dead_tup",
+        "pg_stat_user_tables_seq_scan",
+        "pg_stat_user_tables_size_bytes",
+        "pg_stat_database_xact_commit",
+        "pg_database_size_bytes",
+        "pg_settings_max_connections",
+    ):
+        assert name in served, name
+    # The ledger database's own table, with its real row count.
+    assert re.search(
+        r"^pg_stat_user_tables_n_live_tup"
+        r'\{[^}]*datname="paycore"[^}]*relname="entries"[^}]*\} 100$',
+        text,
+        re.M,
+    )
+    assert "pg_exporter_user_queries_load_error" not in text or re.search(
+        r"^pg_exporter_user_queries_load_error\{[^}]*\} 0$", text, re.M
+    )
+
+
+def test_serves_every_pg_family_the_dashboards_use(host):
+    served = families(metrics(host))
+    needed = {name for name in dashboard_metric_names() if name.startswith("pg_")}
+    assert needed, "no pg_ metric found in the dashboards"
+    needed |= rule_metric_names("pg_")
+    assert needed - served == set()
+
+
+def test_password_only_in_the_secret_file(host):
+    secret = host.file("/etc/prometheus-postgres-exporter/password")
+    assert secret.user == "root"
+    assert secret.group == "prometheus"
+    assert secret.mode == 0o640
+    assert secret.content_string == PASSWORD
+    assert PASSWORD not in host.file("/etc/default/prometheus-postgres-exporter").content_string
+    pid = host.check_output("systemctl show prometheus-postgres-exporter -p MainPID --value")
+    environ = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+    cmdline = host.check_output(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    assert PASSWORD not in environ
+    assert PASSWORD not in cmdline
+
+
+def test_unit_is_hardened(host):
+    props = host.check_output(
+        "systemctl show prometheus-postgres-exporter -p NoNewPrivileges -p ProtectSystem -p User"
+    )
+    assert "NoNewPrivileges=yes" in props
+    assert "ProtectSystem=strict" in props
+    assert "User=prometheus" in props

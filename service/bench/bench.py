@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""PayCore ledger benchmark. Run by hand; prints figures; not a test.
+
+    /work/main/.venv/bin/python service/bench/bench.py [--duration 15] [--clients 16,64]
+
+Starts a throwaway PostgreSQL 15 (durable settings: fsync on), migrates it,
+starts `paycore-ledger serve` on loopback and measures:
+  * payments/s and p50/p99 latency with 16 and 64 clients posting payments
+    with unique Idempotency-Keys for a fixed time, against pgbench's built-in
+    TPC-B-like script with the same client count on the same PostgreSQL;
+  * GET /v1/accounts/{id} (balance) p99 with 1 000 and 1 000 000 entries;
+  * idempotent replay latency vs the original request.
+Only loopback traffic. Client, service and PostgreSQL share the machine, so the
+figures are a lower bound for the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from paycore_ledger import merchants, migrations  # noqa: E402
+from pgcluster import PG_BIN, Cluster, free_port  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def drive(
+    base: str, keys: list[str], clients: int, duration: float
+) -> tuple[int, list[float]]:
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + duration
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client(key: str) -> None:
+            nonlocal errors
+            headers = {"Authorization": f"Bearer {key}"}
+            while time.perf_counter() < stop_at:
+                headers["Idempotency-Key"] = uuid.uuid4().hex
+                started = time.perf_counter()
+                async with session.post(
+                    base + "/v1/payments", json={"amount": 100, "currency": "NGN"}, headers=headers
+                ) as resp:
+                    await resp.read()
+                    if resp.status != 201:
+                        errors += 1
+                        continue
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(client(keys[i % len(keys)]) for i in range(clients)))
+    return errors, latencies
+
+
+async def read_balance(base: str, key: str, account: str, clients: int, duration: float):
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + duration
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+
+        async def client() -> None:
+            headers = {"Authorization": f"Bearer {key}"}
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                async with session.get(f"{base}/v1/accounts/{account}", headers=headers) as resp:
+                    await resp.read()
+                    assert resp.status == 200
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies
+
+
+async def replay_vs_original(base: str, key: str, n: int) -> tuple[list[float], list[float]]:
+    original, replay = [], []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(n):
+            headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex}
+            for bucket in (original, replay):
+                started = time.perf_counter()
+                async with session.post(
+                    base + "/v1/payments", json={"amount": 7, "currency": "NGN"}, headers=headers
+                ) as resp:
+                    await resp.read()
+                    assert resp.status == 201
+                bucket.append(time.perf_counter() - started)
+    return original, replay
+
+
+def pgbench(cluster: Cluster, clients: int, duration: int) -> float:
+    result = subprocess.run(
+        [
+            str(PG_BIN / "pgbench"),
+            "-n",
+            "-c",
+            str(clients),
+            "-j",
+            "2",
+            "-T",
+            str(duration),
+            cluster.url(database="pgbench"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    match = re.search(r"tps = ([\d.]+) \(without initial", result.stdout)
+    return float(match[1])
+
+
+async def populate(owner_url: str, account: str, entries: int) -> None:
+    """Bulk-load `entries` credits onto one account (and matching system debits).
+
+    Uses session_replication_role=replica to skip the per-row triggers for
+    speed (throwaway benchmark cluster only), then sets the stored balances to
+    what the triggers would have produced, and checks the result balances.
+    """
+    conn = await asyncpg.connect(owner_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            first = await conn.fetchval("SELECT coalesce(max(id), 0) FROM journal_transactions")
+            await conn.execute(
+                """
+                INSERT INTO journal_transactions (kind, source_id, currency)
+                SELECT 'payment', 'pay_bench_' || g, 'NGN' FROM generate_series(1, $1) g
+                """,
+                entries,
+            )
+            await conn.execute(
+                """
+                INSERT INTO entries (transaction_id, account_id, direction, amount)
+                SELECT t.id, v.account_id, v.direction, 1
+                  FROM journal_transactions t,
+                       LATERAL (VALUES ($2, 'credit'),
+                                       ('acct_sys_ngn_' || lpad((t.id % 16)::text, 2, '0'),
+                                        'debit')) v(account_id, direction)
+                 WHERE t.id > $1
+                """,
+                first,
+                account,
+            )
+            await conn.execute(
+                """
+                UPDATE accounts a SET balance = s.total FROM (
+                    SELECT account_id,
+                           sum(CASE WHEN direction = 'credit' THEN amount ELSE -amount END) AS total
+                      FROM entries GROUP BY account_id) s
+                 WHERE s.account_id = a.id
+                """
+            )
+        await conn.execute("VACUUM ANALYZE entries")
+        await conn.execute("VACUUM ANALYZE accounts")
+    finally:
+        await conn.close()
+
+
+async def setup_merchant(owner_url: str, base: str) -> tuple[str, str]:
+    conn = await asyncpg.connect(owner_url)
+    try:
+        created = await merchants.create(conn, f"bench-{uuid.uuid4().hex[:8]}")
+    finally:
+        await conn.close()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            base + "/v1/accounts",
+            json={"currency": "NGN"},
+            headers={"Authorization": f"Bearer {created['api_key']}"},
+        ) as resp,
+    ):
+        account = (await resp.json())["id"]
+    return created["api_key"], account
+
+
+def wait_ready(base: str) -> None:
+    import urllib.request
+
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=1):  # noqa: S310
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("service did not become ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=15, help="seconds per throughput run")
+    parser.add_argument("--clients", default="16,64")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    client_counts = [int(c) for c in args.clients.split(",")]
+
+    cluster = Cluster(durable=True, extra={"max_connections": "400"}).init()
+    cluster.start()
+    server = None
+    try:
+        cluster.psql("CREATE DATABASE ledger")
+        cluster.psql("CREATE DATABASE pgbench")
+        cluster.psql("CREATE ROLE paycore_app LOGIN")
+        owner_url = cluster.url(database="ledger")
+
+        async def migrate() -> None:
+            conn = await asyncpg.connect(owner_url)
+            await migrations.migrate(conn, "paycore_app")
+            await conn.close()
+
+        asyncio.run(migrate())
+        subprocess.run(
+            [
+                str(PG_BIN / "pgbench"),
+                "-i",
+                "-q",
+                "-s",
+                str(max(client_counts)),
+                cluster.url(database="pgbench"),
+            ],
+            capture_output=True,
+            check=True,
+        )
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PAYCORE_")}
+        env.update(
+            PAYCORE_DATABASE_URL=cluster.url(user="paycore_app", database="ledger"),
+            PAYCORE_DB_POOL_MAX=str(max(8, max(client_counts) // args.workers)),
+            PAYCORE_LOG_LEVEL="WARNING",
+        )
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "paycore_ledger",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        wait_ready(base)
+        key, _ = asyncio.run(setup_merchant(owner_url, base))
+        print(
+            f"PostgreSQL 15 (fsync on), service workers={args.workers}, "
+            f"{args.duration}s per run, loopback, {os.cpu_count()} CPUs shared by all"
+        )
+
+        # Like pgbench's branches, payments are spread over accounts: one
+        # merchant account per client. A separate run shows one hot merchant.
+        keys = [asyncio.run(setup_merchant(owner_url, base))[0] for _ in range(max(client_counts))]
+        for clients in client_counts:
+            asyncio.run(drive(base, keys[:clients], clients, 2))  # warm-up
+            errors, lat = asyncio.run(drive(base, keys[:clients], clients, args.duration))
+            rate = len(lat) / args.duration
+            tps = pgbench(cluster, clients, args.duration)
+            print(
+                f"clients={clients:3d} accounts={clients:3d}  payments/s={rate:7.1f}"
+                f"  p50={pct(lat, 50) * 1000:6.1f}ms  p99={pct(lat, 99) * 1000:6.1f}ms"
+                f"  errors={errors}  | pgbench TPC-B (-s {max(client_counts)}) tps={tps:7.1f}"
+                f"  ratio={rate / tps:.2f}x"
+            )
+        hot = client_counts[0]
+        errors, lat = asyncio.run(drive(base, [key], hot, args.duration))
+        print(
+            f"clients={hot:3d} accounts=  1  payments/s={len(lat) / args.duration:7.1f}"
+            f"  p50={pct(lat, 50) * 1000:6.1f}ms  p99={pct(lat, 99) * 1000:6.1f}ms"
+            f"  errors={errors}  (one hot merchant account: postings serialize on its row)"
+        )
+
+        key_small, small = asyncio.run(setup_merchant(owner_url, base))
+        key_big, big = asyncio.run(setup_merchant(owner_url, base))
+        asyncio.run(populate(owner_url, small, 1_000))
+        started = time.perf_counter()
+        asyncio.run(populate(owner_url, big, 1_000_000))
+        print(f"(loaded 1 000 000 entries in {time.perf_counter() - started:.1f}s)")
+        results = {}
+        for label, k, acct in (("1k", key_small, small), ("1M", key_big, big)):
+            asyncio.run(read_balance(base, k, acct, 16, 1))
+            lat = asyncio.run(read_balance(base, k, acct, 16, 8))
+            results[label] = lat
+            print(
+                f"balance read, {label:>2} entries: n={len(lat)}  p50={pct(lat, 50) * 1000:.2f}ms"
+                f"  p99={pct(lat, 99) * 1000:.2f}ms"
+            )
+        print(f"balance p99 ratio 1M/1k = {pct(results['1M'], 99) / pct(results['1k'], 99):.2f}x")
+
+        original, replay = asyncio.run(replay_vs_original(base, key, 500))
+        print(
+            f"original payment: p50={statistics.median(original) * 1000:.2f}ms"
+            f" p99={pct(original, 99) * 1000:.2f}ms | replay: p50="
+            f"{statistics.median(replay) * 1000:.2f}ms p99={pct(replay, 99) * 1000:.2f}ms"
+        )
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        cluster.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""PayCore ledger: double-entry payment API."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,146 @@
+"""The aiohttp application: routes and the one middleware that observes every request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+
+import asyncpg
+from aiohttp import web
+
+from . import metrics
+from .config import Settings
+from .db import UNAVAILABLE_ERRORS, Database, unavailable
+from .handlers import accounts, payments, payouts, system
+from .handlers.common import DB_KEY, SETTINGS_KEY
+from .logs import merchant_id_var, request_id_var
+from .problems import Problem
+from .validation import MAX_BODY_BYTES
+
+log = logging.getLogger("paycore.http")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_POOL_TASK = web.AppKey("pool_task", asyncio.Task)
+
+
+def route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _http_problem(exc: web.HTTPException) -> Problem:
+    if exc.status == 404:
+        return Problem(404, "not_found", "no such route")
+    if exc.status == 405:
+        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+        return Problem(
+            405,
+            "method_not_allowed",
+            f"method not allowed; allowed: {allowed}",
+            headers={"Allow": allowed} if allowed else None,
+        )
+    if exc.status == 413:
+        return Problem(413, "payload_too_large", f"the request body exceeds {MAX_BODY_BYTES} bytes")
+    code = (exc.reason or "error").lower().replace(" ", "_")
+    return Problem(exc.status, code, exc.reason or "error")
+
+
+@web.middleware
+async def observe(request: web.Request, handler) -> web.StreamResponse:
+    """Request id, problem+json for every error, metrics and one access log line."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    token = request_id_var.set(request_id)
+    merchant_token = merchant_id_var.set(None)
+    started = time.perf_counter()
+    try:
+        try:
+            response = await handler(request)
+        except Problem as problem:
+            response = problem.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = _http_problem(exc).response()
+        except UNAVAILABLE_ERRORS:
+            response = unavailable().response()
+        except asyncpg.LockNotAvailableError:
+            # lock_timeout hit on a ledger row: overload, safe to retry.
+            response = Problem(
+                503, "ledger_busy", "the ledger is busy; retry", headers={"Retry-After": "1"}
+            ).response()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error", extra={"route": route_template(request)})
+            response = Problem(500, "internal_error", "internal error").response()
+        if response.status == 503:
+            metrics.DB_UNAVAILABLE.inc()
+        response.headers["X-Request-Id"] = request_id
+        elapsed = time.perf_counter() - started
+        route = route_template(request)
+        labels = (request.method, route, str(response.status))
+        metrics.HTTP_REQUESTS.labels(*labels).inc()
+        metrics.HTTP_DURATION.labels(*labels).observe(elapsed)
+        if route not in ("/metrics", "/healthz", "/readyz") or response.status >= 500:
+            log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "status": response.status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+        return response
+    finally:
+        request_id_var.reset(token)
+        merchant_id_var.reset(merchant_token)
+
+
+async def _pool_gauges(app: web.Application) -> None:
+    metrics.DB_POOL_MAX.set(app[SETTINGS_KEY].db_pool_max)
+    while True:
+        system.update_pool_gauges(app)
+        await asyncio.sleep(2)
+
+
+async def _on_startup(app: web.Application) -> None:
+    await app[DB_KEY].warm_up()
+    app[_POOL_TASK] = asyncio.create_task(_pool_gauges(app))
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    task = app[_POOL_TASK]
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await app[DB_KEY].close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    # One byte of slack: aiohttp refuses bodies >= client_max_size, the
+    # contract refuses bodies > 1 MiB.
+    app = web.Application(client_max_size=MAX_BODY_BYTES + 1, middlewares=[observe])
+    app[SETTINGS_KEY] = settings
+    app[DB_KEY] = Database(settings)
+    app.on_startup.append(_on_startup)
+    app.on_cleanup.append(_on_cleanup)
+    app.router.add_post("/v1/accounts", accounts.create_account)
+    app.router.add_get("/v1/accounts", accounts.list_accounts)
+    app.router.add_get("/v1/accounts/{id}", accounts.get_account)
+    app.router.add_get("/v1/accounts/{id}/entries", accounts.list_entries)
+    app.router.add_post("/v1/payments", payments.create_payment)
+    app.router.add_get("/v1/payments/{id}", payments.get_payment)
+    app.router.add_post("/v1/payments/{id}/refunds", payments.create_refund)
+    app.router.add_get("/v1/refunds/{id}", payments.get_refund)
+    app.router.add_post("/v1/payouts", payouts.create_payout)
+    app.router.add_get("/v1/payouts/{id}", payouts.get_payout)
+    app.router.add_get("/healthz", system.healthz)
+    app.router.add_get("/readyz", system.readyz)
+    app.router.add_get("/metrics", system.metrics_endpoint)
+    app.router.add_get("/openapi.json", system.openapi)
+    return app

@@ -1,0 +1,171 @@
+"""Settings from PAYCORE_* environment variables, validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CURRENCIES = ("NGN", "USD", "EUR", "GBP")
+DEFAULT_REVIEW_THRESHOLD = 10_000_000
+MIN_IDEMPOTENCY_RETENTION_HOURS = 24
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message is one line for stderr."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    hosts: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 8080
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    currencies: tuple[str, ...] = DEFAULT_CURRENCIES
+    review_thresholds: dict[str, int] = field(default_factory=dict)
+    default_review_threshold: int = DEFAULT_REVIEW_THRESHOLD
+    idempotency_retention_hours: int = MIN_IDEMPOTENCY_RETENTION_HOURS
+    log_level: str = "INFO"
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    lock_timeout_ms: int = 5000
+    statement_timeout_ms: int = 30000
+    shutdown_timeout_s: float = 30.0
+    app_role: str | None = None
+
+    def review_threshold(self, currency: str) -> int:
+        return self.review_thresholds.get(currency, self.default_review_threshold)
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError("PAYCORE_DATABASE_URL (or PAYCORE_DATABASE_URL_FILE) is not set")
+        return self.database_url
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name}={value} is out of range [{minimum}, {maximum}]")
+    return value
+
+
+def _database_url(env: dict[str, str]) -> str | None:
+    url = env.get("PAYCORE_DATABASE_URL", "").strip()
+    path = env.get("PAYCORE_DATABASE_URL_FILE", "").strip()
+    if url and path:
+        raise ConfigError("set PAYCORE_DATABASE_URL or PAYCORE_DATABASE_URL_FILE, not both")
+    if path:
+        try:
+            url = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"PAYCORE_DATABASE_URL_FILE: cannot read {path}: {exc.strerror}"
+            ) from None
+        if not url:
+            raise ConfigError(f"PAYCORE_DATABASE_URL_FILE: {path} is empty")
+    if url and not url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("the database URL must start with postgresql:// or postgres://")
+    return url or None
+
+
+def _currencies(env: dict[str, str]) -> tuple[str, ...]:
+    raw = env.get("PAYCORE_CURRENCIES", "").strip()
+    if not raw:
+        return DEFAULT_CURRENCIES
+    codes = tuple(dict.fromkeys(c.strip() for c in raw.split(",") if c.strip()))
+    for code in codes:
+        if not _CURRENCY_RE.match(code):
+            raise ConfigError(f"PAYCORE_CURRENCIES: {code!r} is not an upper-case ISO 4217 code")
+    if not codes:
+        raise ConfigError("PAYCORE_CURRENCIES is empty")
+    return codes
+
+
+def _thresholds(env: dict[str, str], currencies: tuple[str, ...]) -> dict[str, int]:
+    raw = env.get("PAYCORE_REVIEW_THRESHOLDS", "").strip()
+    result: dict[str, int] = {}
+    if not raw:
+        return result
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        code, sep, value = item.partition("=")
+        code = code.strip()
+        if not sep or code not in currencies:
+            raise ConfigError(
+                f"PAYCORE_REVIEW_THRESHOLDS: {item!r} must be CURRENCY=AMOUNT"
+                " with a configured currency"
+            )
+        try:
+            amount = int(value.strip())
+        except ValueError:
+            raise ConfigError(
+                f"PAYCORE_REVIEW_THRESHOLDS: {item!r} amount is not an integer"
+            ) from None
+        if amount < 1:
+            raise ConfigError(f"PAYCORE_REVIEW_THRESHOLDS: {item!r} amount must be positive")
+        result[code] = amount
+    return result
+
+
+def _hosts(env: dict[str, str]) -> tuple[str, ...]:
+    raw = env.get("PAYCORE_HOST", "").strip()
+    if not raw:
+        return ("127.0.0.1",)
+    return split_hosts([raw])
+
+
+def split_hosts(values: list[str]) -> tuple[str, ...]:
+    hosts = tuple(dict.fromkeys(h.strip() for v in values for h in v.split(",") if h.strip()))
+    if not hosts:
+        raise ConfigError("no listen host given")
+    return hosts
+
+
+def load(env: dict[str, str] | None = None) -> Settings:
+    """Read settings; raises ConfigError with a one-line message."""
+    env = dict(os.environ if env is None else env)
+    currencies = _currencies(env)
+    log_level = env.get("PAYCORE_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"PAYCORE_LOG_LEVEL={log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    pool_min = _int(env, "PAYCORE_DB_POOL_MIN", 1, 0, 1000)
+    pool_max = _int(env, "PAYCORE_DB_POOL_MAX", 10, 1, 1000)
+    if pool_min > pool_max:
+        raise ConfigError(f"PAYCORE_DB_POOL_MIN={pool_min} exceeds PAYCORE_DB_POOL_MAX={pool_max}")
+    app_role = env.get("PAYCORE_APP_ROLE", "").strip() or None
+    return Settings(
+        database_url=_database_url(env),
+        hosts=_hosts(env),
+        port=_int(env, "PAYCORE_PORT", 8080, 0, 65535),
+        workers=_int(env, "PAYCORE_WORKERS", os.cpu_count() or 1, 1, 256),
+        currencies=currencies,
+        review_thresholds=_thresholds(env, currencies),
+        default_review_threshold=_int(
+            env, "PAYCORE_REVIEW_THRESHOLD_DEFAULT", DEFAULT_REVIEW_THRESHOLD, 1, 10**15
+        ),
+        idempotency_retention_hours=_int(
+            env,
+            "PAYCORE_IDEMPOTENCY_RETENTION_HOURS",
+            MIN_IDEMPOTENCY_RETENTION_HOURS,
+            MIN_IDEMPOTENCY_RETENTION_HOURS,
+            24 * 365,
+        ),
+        log_level=log_level,
+        db_pool_min=pool_min,
+        db_pool_max=pool_max,
+        lock_timeout_ms=_int(env, "PAYCORE_LOCK_TIMEOUT_MS", 5000, 100, 600_000),
+        statement_timeout_ms=_int(env, "PAYCORE_STATEMENT_TIMEOUT_MS", 30_000, 100, 3_600_000),
+        shutdown_timeout_s=float(_int(env, "PAYCORE_SHUTDOWN_TIMEOUT", 30, 1, 3600)),
+        app_role=app_role,
+    )

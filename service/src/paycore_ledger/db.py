@@ -1,0 +1,125 @@
+"""asyncpg pool that survives the database going away and coming back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from .config import Settings
+from .problems import Problem
+
+# Errors that mean "the database is not reachable right now", as opposed to a
+# bug or a constraint violation. They become 503 and never a 500.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+
+ACQUIRE_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5.0
+
+
+def unavailable() -> Problem:
+    return Problem(
+        503,
+        "database_unavailable",
+        "the ledger database is unavailable; retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
+def server_settings(settings: Settings) -> dict[str, str]:
+    return {
+        "application_name": "paycore-ledger",
+        "lock_timeout": str(settings.lock_timeout_ms),
+        "statement_timeout": str(settings.statement_timeout_ms),
+        "idle_in_transaction_session_timeout": "60000",
+    }
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook. Handlers never change session state (only SET LOCAL inside
+    transactions, no LISTEN, no advisory locks), so asyncpg's default RESET ALL
+    round trip on every release is skipped; open transactions are still ended."""
+
+
+class Database:
+    """Owns the pool; creates it lazily so the service starts while PG is down."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
+        async with self._lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._settings.require_database_url(),
+                    min_size=0,
+                    max_size=self._settings.db_pool_max,
+                    timeout=CONNECT_TIMEOUT_S,
+                    max_inactive_connection_lifetime=300,
+                    server_settings=server_settings(self._settings),
+                    reset=_keep_session,
+                )
+            return self._pool
+
+    async def warm_up(self) -> None:
+        """Open db_pool_min connections if the database is there; never fails."""
+        with contextlib.suppress(*UNAVAILABLE_ERRORS):
+            pool = await self.pool()
+            conns = [
+                await pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
+                for _ in range(self._settings.db_pool_min)
+            ]
+            for conn in conns:
+                await pool.release(conn)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; unreachable database -> Problem 503."""
+        try:
+            pool = await self.pool()
+            conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
+        except UNAVAILABLE_ERRORS:
+            raise unavailable() from None
+        try:
+            yield conn
+        except UNAVAILABLE_ERRORS:
+            raise unavailable() from None
+        finally:
+            with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                await pool.release(conn)
+
+    def stats(self) -> tuple[int, int]:
+        """(open connections, connections in use)."""
+        if self._pool is None:
+            return 0, 0
+        size = self._pool.get_size()
+        return size, size - self._pool.get_idle_size()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                await asyncio.wait_for(self._pool.close(), timeout=10)
+            self._pool = None
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    """A single connection for CLI commands."""
+    return await asyncpg.connect(
+        settings.require_database_url(),
+        timeout=CONNECT_TIMEOUT_S,
+        server_settings=server_settings(settings),
+    )

@@ -1,0 +1,101 @@
+"""Prometheus metrics. Import only after PROMETHEUS_MULTIPROC_DIR is settled (see server.py).
+
+Names are a public interface (alerts and dashboards use them); see README.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests served", ["method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+PAYMENTS = Counter("paycore_payments_total", "Payments created", ["currency", "status"])
+REFUNDS = Counter("paycore_refunds_total", "Refunds created", ["currency", "status"])
+PAYOUTS = Counter("paycore_payouts_total", "Payouts created", ["currency", "status"])
+AMOUNT_MOVED = Counter(
+    "paycore_amount_moved_minor_units_total",
+    "Money moved through the ledger, in minor units",
+    ["currency", "kind"],
+)
+BUSINESS_REFUSALS = Counter(
+    "paycore_business_refusals_total", "Requests refused by business rules (422)", ["code"]
+)
+IDEMPOTENT_REPLAYS = Counter(
+    "paycore_idempotent_replays_total", "Requests answered from a stored idempotent response"
+)
+IDEMPOTENCY_CONFLICTS = Counter(
+    "paycore_idempotency_conflicts_total",
+    "Idempotency-Key conflicts (reused with another request, or in use)",
+    ["reason"],
+)
+DB_UNAVAILABLE = Counter(
+    "paycore_db_unavailable_total", "Requests answered 503 because the database was unreachable"
+)
+DB_POOL_SIZE = Gauge(
+    "paycore_db_pool_connections", "Open database connections", multiprocess_mode="livesum"
+)
+DB_POOL_IN_USE = Gauge(
+    "paycore_db_pool_connections_in_use",
+    "Database connections checked out",
+    multiprocess_mode="livesum",
+)
+DB_POOL_MAX = Gauge(
+    "paycore_db_pool_max_connections",
+    "Configured maximum database connections",
+    multiprocess_mode="livesum",
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition(extra_lines: list[str]) -> tuple[bytes, str]:
+    """Text exposition; aggregated over worker processes in multiprocess mode."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)
+        output = generate_latest(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        output = generate_latest(REGISTRY)
+    if extra_lines:
+        output += ("\n".join(extra_lines) + "\n").encode()
+    return output, CONTENT_TYPE_LATEST
+
+
+def reconcile_lines(row) -> list[str]:
+    """Gauges for the last recorded reconcile run (read from the database at scrape)."""
+    if row is None:
+        return []
+    return [
+        "# HELP paycore_reconcile_ok 1 if the last reconcile run found the ledger consistent",
+        "# TYPE paycore_reconcile_ok gauge",
+        f"paycore_reconcile_ok {1 if row['ok'] else 0}",
+        "# HELP paycore_reconcile_problems Problems found by the last reconcile run",
+        "# TYPE paycore_reconcile_problems gauge",
+        f"paycore_reconcile_problems {row['problems']}",
+        "# HELP paycore_reconcile_last_run_timestamp_seconds When reconcile last ran",
+        "# TYPE paycore_reconcile_last_run_timestamp_seconds gauge",
+        f"paycore_reconcile_last_run_timestamp_seconds {row['ran_at'].timestamp():.3f}",
+    ]

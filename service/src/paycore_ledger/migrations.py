@@ -1,0 +1,123 @@
+"""Versioned SQL migrations, applied under an advisory lock, plus runtime grants."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+# Any constant works; it only has to be the same for every host running migrate.
+ADVISORY_LOCK_KEY = 0x5041_59C0_4E1E_D6E2 - (1 << 63)
+_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+# Least privileges of the runtime role: no UPDATE/DELETE on the journal, no
+# UPDATE on accounts (balances change only through the entries trigger), no DDL.
+RUNTIME_GRANTS = (
+    "GRANT USAGE ON SCHEMA public TO {role}",
+    "GRANT SELECT ON schema_migrations TO {role}",
+    "GRANT SELECT, INSERT ON merchants TO {role}",
+    "GRANT SELECT, INSERT ON api_keys TO {role}",
+    "GRANT UPDATE (revoked_at) ON api_keys TO {role}",
+    "GRANT SELECT, INSERT ON accounts TO {role}",
+    "GRANT SELECT, INSERT ON journal_transactions TO {role}",
+    "GRANT SELECT, INSERT ON entries TO {role}",
+    "GRANT SELECT, INSERT ON payments TO {role}",
+    "GRANT UPDATE (status, amount_refunded, transaction_id, updated_at) ON payments TO {role}",
+    "GRANT SELECT, INSERT ON refunds TO {role}",
+    "GRANT SELECT, INSERT ON payouts TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO {role}",
+    "GRANT SELECT, INSERT ON reconcile_runs TO {role}",
+    "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+)
+
+
+class MigrationError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def available() -> list[Migration]:
+    found = []
+    for item in resources.files("paycore_ledger.sql").iterdir():
+        match = _FILE_RE.match(item.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], item.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("duplicate migration versions in the package")
+    return found
+
+
+async def migrate(conn: asyncpg.Connection, app_role: str | None = None) -> list[int]:
+    """Apply pending migrations; returns the versions applied. Safe to run concurrently."""
+    await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version    int PRIMARY KEY,
+                name       text NOT NULL,
+                checksum   text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        )
+        applied = {
+            r["version"]: r["checksum"]
+            for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
+        done = []
+        for migration in available():
+            if migration.version in applied:
+                if applied[migration.version] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{migration.name} was changed"
+                        " after it was applied"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            done.append(migration.version)
+        if app_role:
+            await grant_runtime(conn, app_role)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
+
+
+async def grant_runtime(conn: asyncpg.Connection, role: str) -> None:
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+    if not exists:
+        raise MigrationError(f"application role {role!r} does not exist")
+    quoted = await conn.fetchval("SELECT quote_ident($1)", role)
+    async with conn.transaction():
+        for statement in RUNTIME_GRANTS:
+            await conn.execute(statement.format(role=quoted))
+
+
+async def pending(conn: asyncpg.Connection) -> list[int]:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    applied = set()
+    if exists:
+        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    return [m.version for m in available() if m.version not in applied]

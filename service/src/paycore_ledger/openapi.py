@@ -1,0 +1,414 @@
+"""OpenAPI 3.1 document of the public HTTP API (served at /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .validation import MAX_AMOUNT, MAX_DESCRIPTION, MAX_METADATA_KEYS, MAX_METADATA_VALUE
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_AUTH_ERRORS = {
+    "401": _problem("Missing or invalid API key (`unauthorized`)"),
+    "503": _problem("Database unavailable (`database_unavailable`)"),
+}
+_BODY_ERRORS = {
+    "400": _problem("Malformed JSON (`malformed_json`) or Idempotency-Key problem"),
+    "413": _problem("Body over 1 MiB (`payload_too_large`)"),
+    "422": _problem("Invalid field (`validation_error`, names the field) or business refusal"),
+}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": True,
+    "description": "Unique per merchant and request; replays return the first answer.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+}
+_MONEY_POST_RESPONSES = {
+    "409": _problem("A request with this key is still running (`idempotency_key_in_use`)"),
+}
+_REPLAYED_HEADER = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer of an earlier request",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+_AMOUNT = {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT}
+_CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["NGN"]}
+_TIMESTAMP = {"type": "string", "format": "date-time"}
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "Problem": {
+            "type": "object",
+            "required": ["type", "title", "status", "detail", "code"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "code": {"type": "string"},
+                "field": {"type": "string"},
+            },
+        },
+        "Account": {
+            "type": "object",
+            "required": ["id", "object", "currency", "balance", "created_at"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^acct_"},
+                "object": {"const": "account"},
+                "currency": _CURRENCY,
+                "balance": {"type": "integer", "minimum": 0},
+                "created_at": _TIMESTAMP,
+            },
+        },
+        "Entry": {
+            "type": "object",
+            "required": [
+                "id",
+                "object",
+                "account_id",
+                "transaction_id",
+                "direction",
+                "amount",
+                "currency",
+                "kind",
+                "source_id",
+                "created_at",
+            ],
+            "properties": {
+                "id": {"type": "string", "pattern": "^ent_"},
+                "object": {"const": "entry"},
+                "account_id": {"type": "string"},
+                "transaction_id": {"type": "string", "pattern": "^txn_"},
+                "direction": {"enum": ["debit", "credit"]},
+                "amount": {"type": "integer", "minimum": 1},
+                "currency": _CURRENCY,
+                "kind": {"enum": ["payment", "refund", "payout"]},
+                "source_id": {"type": "string"},
+                "created_at": _TIMESTAMP,
+            },
+        },
+        "Payment": {
+            "type": "object",
+            "required": [
+                "id",
+                "object",
+                "account_id",
+                "amount",
+                "currency",
+                "status",
+                "amount_refunded",
+                "description",
+                "metadata",
+                "created_at",
+            ],
+            "properties": {
+                "id": {"type": "string", "pattern": "^pay_"},
+                "object": {"const": "payment"},
+                "account_id": {"type": "string"},
+                "amount": _AMOUNT,
+                "currency": _CURRENCY,
+                "status": {"enum": ["succeeded", "requires_review", "rejected"]},
+                "amount_refunded": {"type": "integer", "minimum": 0},
+                "description": {"type": ["string", "null"]},
+                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                "created_at": _TIMESTAMP,
+            },
+        },
+        "Refund": {
+            "type": "object",
+            "required": [
+                "id",
+                "object",
+                "payment_id",
+                "amount",
+                "currency",
+                "status",
+                "created_at",
+            ],
+            "properties": {
+                "id": {"type": "string", "pattern": "^re_"},
+                "object": {"const": "refund"},
+                "payment_id": {"type": "string"},
+                "amount": _AMOUNT,
+                "currency": _CURRENCY,
+                "status": {"enum": ["succeeded"]},
+                "created_at": _TIMESTAMP,
+            },
+        },
+        "Payout": {
+            "type": "object",
+            "required": [
+                "id",
+                "object",
+                "account_id",
+                "amount",
+                "currency",
+                "status",
+                "created_at",
+            ],
+            "properties": {
+                "id": {"type": "string", "pattern": "^po_"},
+                "object": {"const": "payout"},
+                "account_id": {"type": "string"},
+                "amount": _AMOUNT,
+                "currency": _CURRENCY,
+                "status": {"enum": ["succeeded"]},
+                "created_at": _TIMESTAMP,
+            },
+        },
+        "AccountCreate": {
+            "type": "object",
+            "required": ["currency"],
+            "additionalProperties": False,
+            "properties": {"currency": _CURRENCY},
+        },
+        "PaymentCreate": {
+            "type": "object",
+            "required": ["amount", "currency"],
+            "additionalProperties": False,
+            "properties": {
+                "amount": _AMOUNT,
+                "currency": _CURRENCY,
+                "description": {"type": ["string", "null"], "maxLength": MAX_DESCRIPTION},
+                "metadata": {
+                    "type": ["object", "null"],
+                    "maxProperties": MAX_METADATA_KEYS,
+                    "propertyNames": {"minLength": 1, "maxLength": 40},
+                    "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+                },
+            },
+        },
+        "RefundCreate": {
+            "type": "object",
+            "required": ["amount"],
+            "additionalProperties": False,
+            "properties": {"amount": _AMOUNT},
+        },
+        "PayoutCreate": {
+            "type": "object",
+            "required": ["amount", "currency"],
+            "additionalProperties": False,
+            "properties": {"amount": _AMOUNT, "currency": _CURRENCY},
+        },
+    }
+
+
+def _money_post(summary: str, body: str, result: str, extra: dict | None = None) -> dict:
+    op = {
+        "summary": summary,
+        "parameters": [_IDEMPOTENCY_KEY],
+        "requestBody": _body(_ref(body)),
+        "responses": {
+            "201": {**_json(f"{result} created", _ref(result)), "headers": _REPLAYED_HEADER},
+            **_AUTH_ERRORS,
+            **_BODY_ERRORS,
+            **_MONEY_POST_RESPONSES,
+        },
+    }
+    if extra:
+        op["responses"].update(extra)
+    return op
+
+
+def document() -> dict[str, Any]:
+    not_found = {"404": _problem("Unknown id, or another merchant's (`not_found`)")}
+    plain = {"security": []}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "PayCore ledger API",
+            "version": __version__,
+            "description": "Double-entry ledger for merchant payments, refunds and payouts."
+            " Amounts are integers in the currency's minor unit.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/accounts": {
+                "post": {
+                    "summary": "Open the merchant's account in a currency",
+                    "requestBody": _body(_ref("AccountCreate")),
+                    "responses": {
+                        "201": _json("Account opened", _ref("Account")),
+                        "409": _problem("Already has one (`account_exists`)"),
+                        **_AUTH_ERRORS,
+                        **_BODY_ERRORS,
+                    },
+                },
+                "get": {
+                    "summary": "List the merchant's accounts",
+                    "responses": {
+                        "200": _json(
+                            "Accounts",
+                            {
+                                "type": "object",
+                                "required": ["data"],
+                                "properties": {"data": {"type": "array", "items": _ref("Account")}},
+                            },
+                        ),
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
+            "/v1/accounts/{id}": {
+                "get": {
+                    "summary": "One account with its balance",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": _json("Account", _ref("Account")),
+                        **not_found,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/accounts/{id}/entries": {
+                "get": {
+                    "summary": "The account's ledger entries, newest first",
+                    "parameters": [
+                        _ID,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        },
+                        {
+                            "name": "starting_after",
+                            "in": "query",
+                            "description": "An entry id: return entries older than it",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            "Entries",
+                            {
+                                "type": "object",
+                                "required": ["data", "has_more"],
+                                "properties": {
+                                    "data": {"type": "array", "items": _ref("Entry")},
+                                    "has_more": {"type": "boolean"},
+                                },
+                            },
+                        ),
+                        "422": _problem("Invalid limit or starting_after"),
+                        **not_found,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/payments": {
+                "post": _money_post(
+                    "Take a payment into the merchant's account", "PaymentCreate", "Payment"
+                )
+            },
+            "/v1/payments/{id}": {
+                "get": {
+                    "summary": "One payment",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": _json("Payment", _ref("Payment")),
+                        **not_found,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/payments/{id}/refunds": {
+                "post": {
+                    **_money_post(
+                        "Refund part or all of a payment", "RefundCreate", "Refund", not_found
+                    ),
+                    "parameters": [_ID, _IDEMPOTENCY_KEY],
+                }
+            },
+            "/v1/refunds/{id}": {
+                "get": {
+                    "summary": "One refund",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": _json("Refund", _ref("Refund")),
+                        **not_found,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/payouts": {
+                "post": _money_post(
+                    "Move money out of the merchant's account", "PayoutCreate", "Payout"
+                )
+            },
+            "/v1/payouts/{id}": {
+                "get": {
+                    "summary": "One payout",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": _json("Payout", _ref("Payout")),
+                        **not_found,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    **plain,
+                    "summary": "The process is alive",
+                    "responses": {"200": _json("Alive", {"type": "object"})},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    **plain,
+                    "summary": "The database answers",
+                    "responses": {
+                        "200": _json("Ready", {"type": "object"}),
+                        "503": _problem("Database unavailable"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    **plain,
+                    "summary": "Prometheus text exposition, aggregated over worker processes",
+                    "responses": {
+                        "200": {
+                            "description": "Metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    **plain,
+                    "summary": "This document",
+                    "responses": {"200": _json("OpenAPI document", {"type": "object"})},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": _schemas(),
+        },
+    }

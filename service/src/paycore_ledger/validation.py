@@ -1,0 +1,134 @@
+"""Request body parsing and field validation (400 malformed, 413 too big, 422 per field)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from .problems import Problem, field_error
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_AMOUNT = 10**12  # 10 billion major units of any currency: far above any real payment
+MAX_DESCRIPTION = 1000
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY = 40
+MAX_METADATA_VALUE = 500
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_raw(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise too_large()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large() from None
+    if len(raw) > MAX_BODY_BYTES:
+        raise too_large()
+    return raw
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    raw = await read_raw(request)
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Problem(400, "malformed_json", "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise field_error("body", "must be a JSON object")
+    return body
+
+
+def too_large() -> Problem:
+    return Problem(413, "payload_too_large", f"the request body exceeds {MAX_BODY_BYTES} bytes")
+
+
+def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
+    for name in body:
+        if name not in allowed:
+            raise field_error(name, "unknown field")
+
+
+def amount(body: dict[str, Any]) -> int:
+    if "amount" not in body:
+        raise field_error("amount", "is required")
+    value = body["amount"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise field_error("amount", "must be an integer count of minor units")
+    if not 0 < value <= MAX_AMOUNT:
+        raise field_error("amount", f"must be between 1 and {MAX_AMOUNT}")
+    return value
+
+
+def currency(body: dict[str, Any], supported: tuple[str, ...]) -> str:
+    if "currency" not in body:
+        raise field_error("currency", "is required")
+    value = body["currency"]
+    if not isinstance(value, str) or not CURRENCY_RE.match(value):
+        raise field_error("currency", "must be an upper-case ISO 4217 code")
+    if value not in supported:
+        raise field_error(
+            "currency",
+            f"is not supported (supported: {', '.join(supported)})",
+            code="currency_not_supported",
+        )
+    return value
+
+
+def description(body: dict[str, Any]) -> str | None:
+    value = body.get("description")
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION:
+        raise field_error(
+            "description", f"must be a string of at most {MAX_DESCRIPTION} characters"
+        )
+    return value
+
+
+def metadata(body: dict[str, Any]) -> dict[str, str]:
+    value = body.get("metadata")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_METADATA_KEYS:
+        raise field_error("metadata", f"must be an object with at most {MAX_METADATA_KEYS} keys")
+    for key, item in value.items():
+        if not 0 < len(key) <= MAX_METADATA_KEY:
+            raise field_error("metadata", f"keys must be 1 to {MAX_METADATA_KEY} characters")
+        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE:
+            raise field_error(
+                f"metadata.{key}", f"must be a string of at most {MAX_METADATA_VALUE} characters"
+            )
+    return value
+
+
+def idempotency_key(request: web.Request) -> str:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        raise Problem(
+            400, "idempotency_key_missing", "this request requires an Idempotency-Key header"
+        )
+    if not IDEMPOTENCY_KEY_RE.match(key):
+        raise Problem(
+            400,
+            "idempotency_key_invalid",
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+        )
+    return key
+
+
+def limit(request: web.Request, default: int = 20, maximum: int = 100) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise field_error("limit", f"must be an integer between 1 and {maximum}")
+    return int(raw)

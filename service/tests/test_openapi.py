@@ -1,0 +1,149 @@
+"""The OpenAPI document is valid, complete, and the live API honours it (schemathesis)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from openapi_spec_validator import validate
+from paycore_ledger.app import create_app
+from paycore_ledger.openapi import document
+
+CONTRACT = {
+    ("post", "/v1/accounts"),
+    ("get", "/v1/accounts"),
+    ("get", "/v1/accounts/{id}"),
+    ("get", "/v1/accounts/{id}/entries"),
+    ("post", "/v1/payments"),
+    ("get", "/v1/payments/{id}"),
+    ("post", "/v1/payments/{id}/refunds"),
+    ("post", "/v1/payouts"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+}
+
+
+def _documented() -> set[tuple[str, str]]:
+    return {(m, path) for path, item in document()["paths"].items() for m in item}
+
+
+def test_document_is_valid_openapi():
+    validate(document())
+
+
+def test_document_covers_the_contract_and_every_route(settings):
+    documented = _documented()
+    assert documented >= CONTRACT
+    routed = {
+        (route.method.lower(), route.resource.canonical)
+        for route in create_app(settings).router.routes()
+        if route.method != "HEAD"
+    }
+    assert routed == documented
+
+
+def test_money_posts_require_idempotency_key_and_auth():
+    doc = document()
+    for method, path in _documented():
+        op = doc["paths"][path][method]
+        if method == "post" and path != "/v1/accounts":
+            names = {p["name"] for p in op["parameters"]}
+            assert "Idempotency-Key" in names, path
+            assert {"201", "400", "401", "409", "413", "422", "503"} <= set(op["responses"])
+        if path.startswith("/v1/"):
+            assert op.get("security", doc["security"]) == [{"bearer": []}]
+
+
+async def test_served_document_matches(client):
+    r = await client.get("/openapi.json")
+    assert await r.json() == document()
+
+
+def test_schemathesis_finds_no_server_errors(serve, new_merchant_sync, tmp_path):
+    st = Path(sys.executable).with_name("st")
+    if not st.exists():
+        st = Path(shutil.which("st") or "st")
+    key = new_merchant_sync()
+    server = serve("--workers", "1")
+    result = subprocess.run(
+        [
+            str(st),
+            "run",
+            f"{server.base}/openapi.json",
+            "--checks",
+            "all",
+            # Business refusals (insufficient_funds, a reused key) are correct
+            # answers to schema-valid requests.
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            "20",
+            "--seed",
+            "20261128",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--generation-database",
+            "none",
+            "--header",
+            f"Authorization: Bearer {key}",
+            "--request-timeout",
+            "10",
+            "--report-dir",
+            str(tmp_path),
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=tmp_path,  # schemathesis keeps a cache in its working directory
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert '"unhandled error"' not in server.output()
+
+
+@pytest.fixture
+def new_merchant_sync(database):
+    import asyncio
+    import uuid
+
+    import asyncpg
+    from paycore_ledger import merchants
+
+    def make() -> str:
+        async def go() -> str:
+            conn = await asyncpg.connect(database.owner_url)
+            try:
+                created = await merchants.create(conn, f"st-{uuid.uuid4().hex[:10]}")
+                # An account with money in it, so generated payouts reach the ledger.
+                from paycore_ledger import ledger
+
+                async with conn.transaction():
+                    await ledger.ensure_system_accounts(conn, "NGN")
+                    account = await conn.fetchval(
+                        "INSERT INTO accounts (id, kind, merchant_id, currency)"
+                        " VALUES ($1, 'merchant', $2, 'NGN') RETURNING id",
+                        "acct_st_" + uuid.uuid4().hex[:12],
+                        created["merchant_id"],
+                    )
+                    await ledger.post(
+                        conn,
+                        kind="payment",
+                        source_id="pay_st_seed",
+                        currency="NGN",
+                        merchant_account=account,
+                        merchant_direction="credit",
+                        amount=10**9,
+                    )
+                return created["api_key"]
+            finally:
+                await conn.close()
+
+        return asyncio.run(go())
+
+    return make

@@ -1,0 +1,141 @@
+"""Invariants the database itself enforces, whatever the application does."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+from paycore_ledger import ledger
+
+
+async def _funded_account(merchant, amount: int = 1000) -> str:
+    account = await merchant.open_account()
+    await merchant.pay(amount)
+    return account
+
+
+@pytest.fixture
+async def app_conn(database):
+    conn = await asyncpg.connect(database.app_url)
+    yield conn
+    await conn.close()
+
+
+def _needs_separate_roles(database):
+    if database.app_url == database.owner_url:
+        pytest.skip("no separate runtime role configured")
+
+
+async def test_entries_are_immutable_even_for_the_owner(merchant, owner_conn):
+    account = await _funded_account(merchant)
+    entry_id = await owner_conn.fetchval(
+        "SELECT id FROM entries WHERE account_id = $1 LIMIT 1", account
+    )
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await owner_conn.execute("UPDATE entries SET amount = 1 WHERE id = $1", entry_id)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await owner_conn.execute("DELETE FROM entries WHERE id = $1", entry_id)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await owner_conn.execute("TRUNCATE entries CASCADE")
+
+
+async def test_runtime_role_has_least_privileges(database, merchant, app_conn):
+    _needs_separate_roles(database)
+    account = await _funded_account(merchant)
+    for statement in (
+        "UPDATE entries SET amount = amount WHERE account_id = $1",
+        "DELETE FROM entries WHERE account_id = $1",
+        "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
+        "DELETE FROM accounts WHERE id = $1",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await app_conn.execute(statement, account)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await app_conn.execute("CREATE TABLE sneaky (id int)")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await app_conn.execute("ALTER TABLE entries DISABLE TRIGGER ALL")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await app_conn.execute("DELETE FROM payments")
+
+
+async def test_unbalanced_transaction_rejected_at_commit(merchant, owner_conn):
+    account = await merchant.open_account()
+    with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+        async with owner_conn.transaction():
+            tx = await owner_conn.fetchval(
+                "INSERT INTO journal_transactions (kind, source_id, currency)"
+                " VALUES ('payment', 'pay_fake', 'NGN') RETURNING id"
+            )
+            await owner_conn.execute(
+                "INSERT INTO entries (transaction_id, account_id, direction, amount)"
+                " VALUES ($1, $2, 'credit', 100)",
+                tx,
+                account,
+            )
+    assert await merchant.balance(account) == 0
+
+
+async def test_mixed_currency_transaction_rejected(merchant, owner_conn):
+    ngn = await merchant.open_account("NGN")
+    await merchant.open_account("USD")
+    with pytest.raises(asyncpg.CheckViolationError):
+        async with owner_conn.transaction():
+            tx = await owner_conn.fetchval(
+                "INSERT INTO journal_transactions (kind, source_id, currency)"
+                " VALUES ('payment', 'pay_fake', 'NGN') RETURNING id"
+            )
+            await owner_conn.execute(
+                "INSERT INTO entries (transaction_id, account_id, direction, amount)"
+                " VALUES ($1, $2, 'credit', 100), ($1, $3, 'debit', 100)",
+                tx,
+                ngn,
+                ledger.system_account_id("USD", 0),
+            )
+
+
+async def test_balance_can_never_go_negative(merchant, owner_conn):
+    account = await _funded_account(merchant, 100)
+    with pytest.raises(asyncpg.CheckViolationError):
+        async with owner_conn.transaction():
+            await ledger.post(
+                owner_conn,
+                kind="payout",
+                source_id="po_fake",
+                currency="NGN",
+                merchant_account=account,
+                merchant_direction="debit",
+                amount=101,
+            )
+    assert await merchant.balance(account) == 100
+
+
+async def test_one_account_per_merchant_and_currency_by_constraint(merchant, owner_conn):
+    await merchant.open_account("NGN")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await owner_conn.execute(
+            "INSERT INTO accounts (id, kind, merchant_id, currency)"
+            " VALUES ('acct_dup', 'merchant', $1, 'NGN')",
+            merchant.merchant_id,
+        )
+
+
+async def test_money_columns_are_bigint_and_amounts_positive(owner_conn):
+    types = {
+        (r["table_name"], r["column_name"]): r["data_type"]
+        for r in await owner_conn.fetch(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE column_name IN ('amount', 'balance', 'amount_refunded')"
+            " AND table_schema = 'public'"
+        )
+    }
+    assert types and set(types.values()) == {"bigint"}, types
+
+
+async def test_system_accounts_are_sharded(merchant, owner_conn):
+    await merchant.open_account("EUR")
+    for _ in range(40):
+        await merchant.pay(1, "EUR")
+    used = await owner_conn.fetchval(
+        "SELECT count(DISTINCT e.account_id) FROM entries e JOIN accounts a ON a.id = e.account_id"
+        " WHERE a.kind = 'system' AND a.currency = 'EUR'"
+    )
+    assert used > 4
