@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -74,6 +75,19 @@ def test_database_url_from_file_and_repeated_host(database, tmp_path, serve):
         url = f"http://{host}:{server.port}/healthz"
         with urllib.request.urlopen(url) as resp:  # noqa: S310
             assert resp.status == 200
+
+
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_port_taken_is_one_line(database, workers):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli(
+            ["serve", "--host", "127.0.0.1", "--port", port, "--workers", workers],
+            cli_env(database.app_url),
+        )
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
 
 
 async def test_migrate_twice_concurrently_on_fresh_database(database, owner_conn):

@@ -1,8 +1,12 @@
 """`serve`: bind listen sockets once, then run the app in N pre-forked workers.
 
-Workers share the listening sockets (the kernel spreads connections), write
-metrics into PROMETHEUS_MULTIPROC_DIR so /metrics aggregates them, and drain
-in-flight requests on SIGTERM. The parent only supervises.
+With several workers, each one listens on its own SO_REUSEPORT socket, so the
+kernel spreads connections evenly over them (one shared socket lets whichever
+worker wakes first take a whole burst). The parent holds a bound, not
+listening, socket per address: it reserves the port and reports a clash at
+start. Workers write metrics into PROMETHEUS_MULTIPROC_DIR so /metrics
+aggregates them, and drain in-flight requests on SIGTERM. The parent only
+supervises.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def prepare_metrics_dir(workers: int) -> str | None:
     return created
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -56,15 +60,25 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.listen(1024)
+        if listen:
+            sock.listen(1024)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.setblocking(False)
     return sock
+
+
+def worker_sockets(reserved: list[socket.socket]) -> list[socket.socket]:
+    """A worker's own listening sockets, on the addresses the parent reserved."""
+    return [
+        bind(*sock.getsockname()[:2], listen=True, reuse_port=True) for sock in reserved
+    ]
 
 
 async def _run(settings: Settings, sockets: list[socket.socket]) -> None:
@@ -110,12 +124,16 @@ def run_worker(settings: Settings, sockets: list[socket.socket]) -> int:
 def serve(settings: Settings) -> int:
     own_metrics_dir = prepare_metrics_dir(settings.workers)
     try:
-        sockets = [bind(host, settings.port) for host in settings.hosts]
+        several = settings.workers > 1
+        sockets = [
+            bind(host, settings.port, listen=not several, reuse_port=several)
+            for host in settings.hosts
+        ]
         log.info(
             "listening",
             extra={"listen": [_name(s) for s in sockets], "workers": settings.workers},
         )
-        if settings.workers == 1:
+        if not several:
             return run_worker(settings, sockets)
         return _supervise(settings, sockets)
     finally:
@@ -130,7 +148,7 @@ def _spawn(settings: Settings, sockets: list[socket.socket]) -> int:
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = run_worker(settings, sockets)
+            code = run_worker(settings, worker_sockets(sockets))
         except Exception:
             log.exception("worker crashed")
         finally:
