@@ -11,9 +11,16 @@ if [[ -x $venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$wanted" ]]; the
     exit 0
 fi
 echo "==> installing the controller tooling into .venv (a few minutes the first time)"
+log=$root/.cache/venv-install.log
+mkdir -p "$root/.cache"
+install_into_venv() {
+    "$venv/bin/pip" install "$@" >> "$log" 2>&1 \
+        || { echo "pip install $* failed; last lines of $log:" >&2; tail -30 "$log" >&2; exit 1; }
+}
+: > "$log"
 python3 -m venv "$venv"
-"$venv/bin/pip" install -q -r "$root/requirements-dev.txt"
+install_into_venv -r "$root/requirements-dev.txt"
 if [[ -f $root/service/pyproject.toml ]]; then
-    "$venv/bin/pip" install -q -e "$root/service[test]"
+    install_into_venv -e "$root/service[test]"
 fi
 echo "$wanted" > "$stamp"
