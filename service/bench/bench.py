@@ -10,16 +10,21 @@ starts `paycore-ledger serve` on loopback and measures:
     TPC-B-like script with the same client count on the same PostgreSQL;
   * GET /v1/accounts/{id} (balance) p99 with 1 000 and 1 000 000 entries;
   * idempotent replay latency vs the original request.
+The load comes from wrk (apt-get install wrk), a C client like pgbench's own,
+so the comparison does not charge the service for a Python load generator.
 Only loopback traffic. Client, service and PostgreSQL share the machine, so the
-figures are a lower bound for the service.
+figures are a lower bound for the service; the CPU each side spends per
+payment (from /proc) tells where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,50 +47,55 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def drive(
-    base: str, keys: list[str], clients: int, duration: float
-) -> tuple[int, list[float]]:
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + duration
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector) as session:
+def wrk(base: str, api_keys: list[str], clients: int, duration: float, get_path: str = "") -> dict:
+    """Drive the service with wrk (C, like pgbench's own client) through load.lua."""
+    env = dict(os.environ, BENCH_API_KEYS=",".join(api_keys), BENCH_RUN_ID=uuid.uuid4().hex)
+    if get_path:
+        env["BENCH_GET_PATH"] = get_path
+    result = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            str(clients),
+            "-d",
+            f"{duration}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / "load.lua"),
+            base,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures["rate"] = figures["requests"] / figures["seconds"]
+    return figures
 
-        async def client(key: str) -> None:
-            nonlocal errors
-            headers = {"Authorization": f"Bearer {key}"}
-            while time.perf_counter() < stop_at:
-                headers["Idempotency-Key"] = uuid.uuid4().hex
-                started = time.perf_counter()
-                async with session.post(
-                    base + "/v1/payments", json={"amount": 100, "currency": "NGN"}, headers=headers
-                ) as resp:
-                    await resp.read()
-                    if resp.status != 201:
-                        errors += 1
-                        continue
-                latencies.append(time.perf_counter() - started)
 
-        await asyncio.gather(*(client(keys[i % len(keys)]) for i in range(clients)))
-    return errors, latencies
-
-
-async def read_balance(base: str, key: str, account: str, clients: int, duration: float):
-    latencies: list[float] = []
-    stop_at = time.perf_counter() + duration
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
-
-        async def client() -> None:
-            headers = {"Authorization": f"Bearer {key}"}
-            while time.perf_counter() < stop_at:
-                started = time.perf_counter()
-                async with session.get(f"{base}/v1/accounts/{account}", headers=headers) as resp:
-                    await resp.read()
-                    assert resp.status == 200
-                latencies.append(time.perf_counter() - started)
-
-        await asyncio.gather(*(client() for _ in range(clients)))
-    return latencies
+def cpu_seconds(root_pid: int) -> float:
+    """User + system CPU time of a process and its live descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, times = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0.0)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return total
 
 
 async def replay_vs_original(base: str, key: str, n: int) -> tuple[list[float], list[float]]:
@@ -209,6 +219,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     client_counts = [int(c) for c in args.clients.split(",")]
+    if shutil.which("wrk") is None:
+        print("bench.py needs wrk, the HTTP load generator: apt-get install wrk", file=sys.stderr)
+        return 2
 
     cluster = Cluster(durable=True, extra={"max_connections": "400"}).init()
     cluster.start()
@@ -270,22 +283,30 @@ def main() -> int:
         # merchant account per client. A separate run shows one hot merchant.
         keys = [asyncio.run(setup_merchant(owner_url, base))[0] for _ in range(max(client_counts))]
         for clients in client_counts:
-            asyncio.run(drive(base, keys[:clients], clients, 2))  # warm-up
-            errors, lat = asyncio.run(drive(base, keys[:clients], clients, args.duration))
-            rate = len(lat) / args.duration
+            wrk(base, keys[:clients], clients, 2)  # warm-up
+            cpu_before = cpu_seconds(server.pid), cpu_seconds(cluster.postmaster_pid())
+            run = wrk(base, keys[:clients], clients, args.duration)
+            service_cpu = cpu_seconds(server.pid) - cpu_before[0]
+            database_cpu = cpu_seconds(cluster.postmaster_pid()) - cpu_before[1]
             tps = pgbench(cluster, clients, args.duration)
             print(
-                f"clients={clients:3d} accounts={clients:3d}  payments/s={rate:7.1f}"
-                f"  p50={pct(lat, 50) * 1000:6.1f}ms  p99={pct(lat, 99) * 1000:6.1f}ms"
-                f"  errors={errors}  | pgbench TPC-B (-s {max(client_counts)}) tps={tps:7.1f}"
-                f"  ratio={rate / tps:.2f}x"
+                f"clients={clients:3d} accounts={clients:3d}  payments/s={run['rate']:7.1f}"
+                f"  p50={run['p50_ms']:6.1f}ms  p99={run['p99_ms']:6.1f}ms"
+                f"  errors={run['unexpected_status'] + run['socket_errors']}"
+                f"  | pgbench TPC-B (-s {max(client_counts)}) tps={tps:7.1f}"
+                f"  ratio={run['rate'] / tps:.2f}x"
+            )
+            print(
+                f"    CPU per payment: service {service_cpu / run['requests'] * 1000:.2f} ms,"
+                f" PostgreSQL {database_cpu / run['requests'] * 1000:.2f} ms"
             )
         hot = client_counts[0]
-        errors, lat = asyncio.run(drive(base, [key], hot, args.duration))
+        run = wrk(base, [key], hot, args.duration)
         print(
-            f"clients={hot:3d} accounts=  1  payments/s={len(lat) / args.duration:7.1f}"
-            f"  p50={pct(lat, 50) * 1000:6.1f}ms  p99={pct(lat, 99) * 1000:6.1f}ms"
-            f"  errors={errors}  (one hot merchant account: postings serialize on its row)"
+            f"clients={hot:3d} accounts=  1  payments/s={run['rate']:7.1f}"
+            f"  p50={run['p50_ms']:6.1f}ms  p99={run['p99_ms']:6.1f}ms"
+            f"  errors={run['unexpected_status'] + run['socket_errors']}"
+            "  (one hot merchant account: postings serialize on its row)"
         )
 
         key_small, small = asyncio.run(setup_merchant(owner_url, base))
@@ -296,14 +317,14 @@ def main() -> int:
         print(f"(loaded 1 000 000 entries in {time.perf_counter() - started:.1f}s)")
         results = {}
         for label, k, acct in (("1k", key_small, small), ("1M", key_big, big)):
-            asyncio.run(read_balance(base, k, acct, 16, 1))
-            lat = asyncio.run(read_balance(base, k, acct, 16, 8))
-            results[label] = lat
+            path = f"/v1/accounts/{acct}"
+            wrk(base, [k], 16, 1, get_path=path)  # warm-up
+            results[label] = run = wrk(base, [k], 16, 8, get_path=path)
             print(
-                f"balance read, {label:>2} entries: n={len(lat)}  p50={pct(lat, 50) * 1000:.2f}ms"
-                f"  p99={pct(lat, 99) * 1000:.2f}ms"
+                f"balance read, {label:>2} entries: n={run['requests']}  p50={run['p50_ms']:.2f}ms"
+                f"  p99={run['p99_ms']:.2f}ms  errors={run['unexpected_status']}"
             )
-        print(f"balance p99 ratio 1M/1k = {pct(results['1M'], 99) / pct(results['1k'], 99):.2f}x")
+        print(f"balance p99 ratio 1M/1k = {results['1M']['p99_ms'] / results['1k']['p99_ms']:.2f}x")
 
         original, replay = asyncio.run(replay_vs_original(base, key, 500))
         print(

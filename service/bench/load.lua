@@ -1,0 +1,57 @@
+-- wrk script for bench.py. By default it posts payments (POST /v1/payments,
+-- a fresh Idempotency-Key per request), cycling over the merchants' API keys
+-- in BENCH_API_KEYS (comma-separated); with BENCH_GET_PATH set it reads that
+-- path instead. Prints one JSON line at the end for bench.py to parse.
+
+local threads = {}
+local api_keys = {}
+for key in string.gmatch(os.getenv("BENCH_API_KEYS") or "", "[^,]+") do
+  table.insert(api_keys, key)
+end
+local get_path = os.getenv("BENCH_GET_PATH")
+local expected = get_path and 200 or 201
+local run = os.getenv("BENCH_RUN_ID") or tostring(os.time())
+local body = '{"amount": 100, "currency": "NGN"}'
+
+function setup(thread)
+  thread:set("thread_id", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(_)
+  sent = 0
+  unexpected = 0
+end
+
+function request()
+  sent = sent + 1
+  local headers = {
+    ["Authorization"] = "Bearer " .. api_keys[(sent + thread_id) % #api_keys + 1],
+  }
+  if get_path then
+    return wrk.format("GET", get_path, headers)
+  end
+  headers["Content-Type"] = "application/json"
+  headers["Idempotency-Key"] = run .. "-" .. thread_id .. "-" .. sent
+  return wrk.format("POST", "/v1/payments", headers, body)
+end
+
+function response(status, _, _)
+  if status ~= expected then
+    unexpected = unexpected + 1
+  end
+end
+
+function done(summary, latency, _)
+  local errors = summary.errors
+  local unexpected_total = 0
+  for _, thread in ipairs(threads) do
+    unexpected_total = unexpected_total + thread:get("unexpected")
+  end
+  io.write(string.format(
+    '{"requests": %d, "seconds": %.3f, "unexpected_status": %d, "socket_errors": %d,'
+      .. ' "p50_ms": %.3f, "p99_ms": %.3f}\n',
+    summary.requests, summary.duration / 1e6, unexpected_total,
+    errors.connect + errors.read + errors.write + errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
