@@ -1,7 +1,7 @@
 -- wrk script for bench.py. By default it posts payments (POST /v1/payments,
--- a fresh Idempotency-Key per request), cycling over the merchants' API keys
--- in BENCH_API_KEYS (comma-separated); with BENCH_GET_PATH set it reads that
--- path instead. Prints one JSON line at the end for bench.py to parse.
+-- a fresh Idempotency-Key per request), each for a merchant picked at random
+-- from the API keys in BENCH_API_KEYS (comma-separated), as pgbench's TPC-B
+-- picks a random branch; with BENCH_GET_PATH set it reads that path instead. Prints one JSON line at the end for bench.py to parse.
 
 local threads = {}
 local api_keys = {}
@@ -19,6 +19,7 @@ function setup(thread)
 end
 
 function init(_)
+  math.randomseed(os.time() * 100 + thread_id)
   sent = 0
   unexpected = 0
 end
@@ -26,7 +27,7 @@ end
 function request()
   sent = sent + 1
   local headers = {
-    ["Authorization"] = "Bearer " .. api_keys[(sent + thread_id) % #api_keys + 1],
+    ["Authorization"] = "Bearer " .. api_keys[math.random(#api_keys)],
   }
   if get_path then
     return wrk.format("GET", get_path, headers)

@@ -57,7 +57,7 @@ async def test_runtime_role_has_least_privileges(database, merchant, app_conn):
         await app_conn.execute("DELETE FROM payments")
 
 
-async def test_unbalanced_transaction_rejected_at_commit(merchant, owner_conn):
+async def test_unbalanced_insert_rejected(merchant, owner_conn):
     account = await merchant.open_account()
     with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
         async with owner_conn.transaction():
@@ -72,6 +72,34 @@ async def test_unbalanced_transaction_rejected_at_commit(merchant, owner_conn):
                 account,
             )
     assert await merchant.balance(account) == 0
+
+
+async def test_each_insert_must_balance_on_its_own(merchant, owner_conn):
+    """Entries of one transaction go in together: a debit and its credit sent
+    as two statements are refused at the first, never left half-posted."""
+    account = await merchant.open_account()
+    system = ledger.system_account_id("NGN", 0)
+    async with owner_conn.transaction():
+        tx = await owner_conn.fetchval(
+            "INSERT INTO journal_transactions (kind, source_id, currency)"
+            " VALUES ('payment', 'pay_split', 'NGN') RETURNING id"
+        )
+        with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+            async with owner_conn.transaction():
+                await owner_conn.execute(
+                    "INSERT INTO entries (transaction_id, account_id, direction, amount)"
+                    " VALUES ($1, $2, 'credit', 100)",
+                    tx,
+                    account,
+                )
+        await owner_conn.execute(
+            "INSERT INTO entries (transaction_id, account_id, direction, amount)"
+            " VALUES ($1, $2, 'credit', 100), ($1, $3, 'debit', 100)",
+            tx,
+            account,
+            system,
+        )
+    assert await merchant.balance(account) == 100
 
 
 async def test_mixed_currency_transaction_rejected(merchant, owner_conn):
