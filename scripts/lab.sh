@@ -20,9 +20,9 @@ The lab is up. From this machine:
     curl --cacert <(docker exec paycore-gateway cat /etc/nginx/tls/edge.crt) \\
          --resolve paycore.lab:8443:127.0.0.1 -H "Authorization: Bearer \$key" \\
          https://paycore.lab:8443/v1/accounts
-  Monitoring (on paycore-ledger1, reachable only through the tunnel):
-    docker exec paycore-ledger1 curl -s http://127.0.0.1:9090/api/v1/targets   # Prometheus
-    docker exec paycore-ledger1 curl -s http://127.0.0.1:9093/api/v2/alerts    # Alertmanager
+  Monitoring (on paycore-ledger1, listening only on its loopback and the tunnel):
+    sudo ./paycore lab-ui    # then open http://127.0.0.1:9090 (Prometheus) and :9093 (Alertmanager)
+    docker exec paycore-ledger1 curl -s http://127.0.0.1:9090/api/v1/targets   # or from a shell
   Inventory: $inventory (e.g. ansible -i $inventory all -m ping). Remove with: ./paycore lab-down
 EOM
         ;;

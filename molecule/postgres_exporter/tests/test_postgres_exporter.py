@@ -5,30 +5,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+from exporter_checks import families, rule_metric_names, scrape
 from test_dashboards import dashboard_metric_names
 
 WG = "10.44.0.5"
 PASSWORD = "molecule-only-monitor-password"
 
-FETCH = (
-    "python3 -c 'import sys, urllib.request; "
-    "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())'"
-)
-
 
 def metrics(host, address="127.0.0.1"):
-    return host.check_output(f"{FETCH} http://{address}:9187/metrics")
-
-
-def rule_metric_names(prefix):
-    """Names with this prefix used by the alert rules (roles/prometheus, issue 6 part A)."""
-    rules = Path(__file__).resolve().parents[3] / "roles" / "prometheus" / "templates" / "rules"
-    text = "\n".join(p.read_text() for p in rules.glob("*.j2"))
-    return set(re.findall(rf"\b({prefix}[A-Za-z0-9_]+)", text))
-
-
-def families(text):
-    return {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.M)}
+    return scrape(host, 9187, address)
 
 
 def test_running_and_enabled(host):

@@ -76,9 +76,7 @@ def bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False)
 
 def worker_sockets(reserved: list[socket.socket]) -> list[socket.socket]:
     """A worker's own listening sockets, on the addresses the parent reserved."""
-    return [
-        bind(*sock.getsockname()[:2], listen=True, reuse_port=True) for sock in reserved
-    ]
+    return [bind(*sock.getsockname()[:2], listen=True, reuse_port=True) for sock in reserved]
 
 
 async def _run(settings: Settings, sockets: list[socket.socket]) -> None:
