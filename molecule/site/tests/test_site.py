@@ -131,7 +131,7 @@ def test_every_scrape_target_is_up(monitoring):
     down = [
         (t["labels"]["job"], t["labels"]["instance"], t["lastError"])
         for t in targets
-        if t["health"] != "up" and t["labels"]["job"] != "cadvisor"
+        if t["health"] != "up"
     ]
     assert not down
 
