@@ -117,7 +117,7 @@ def _name(sock: socket.socket) -> str:
 def run_worker(settings: Settings, sockets: list[socket.socket]) -> int:
     import uvloop
 
-    # libuv's event loop: the same asyncio API, about a fifth less CPU per
+    # libuv's event loop: the same asyncio API, about 15% less CPU per
     # request than the default loop (service/README.md, benchmark).
     uvloop.run(_run(settings, sockets))
     return 0
