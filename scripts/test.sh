@@ -42,16 +42,27 @@ echo "==> pytest: the repo and service suites, in the background"
 ) > .cache/pytest-summary.log 2>&1 &
 pytest_pid=$!
 
+# The recap lines of a scenario's check step (--check on the converged hosts)
+# that report changes. Molecule runs that step but does not fail on changes.
+check_mode_changes() {
+    sed 's/\x1b\[[0-9;]*m//g' "$1" \
+        | awk '/➜ check: Executing/,/➜ check: Executed/' | grep -E ': ok=[0-9]+ +changed=[1-9]'
+}
+
 # One Molecule scenario, its output kept in .cache/molecule-<scenario>.log.
 run_scenario() {
-    local scenario=$1 start=$SECONDS
-    if molecule test -s "$scenario" > ".cache/molecule-$scenario.log" 2>&1; then
-        echo "    molecule $scenario passed in $((SECONDS - start)) s"
-    else
+    local scenario=$1 start=$SECONDS log=.cache/molecule-$1.log changes
+    if ! molecule test -s "$scenario" > "$log" 2>&1; then
         echo "    molecule $scenario FAILED in $((SECONDS - start)) s; last lines of its log:"
-        tail -60 ".cache/molecule-$scenario.log" | sed 's/^/    | /'
+        tail -60 "$log" | sed 's/^/    | /'
         return 1
     fi
+    if changes=$(check_mode_changes "$log"); then
+        echo "    molecule $scenario FAILED: --check on the converged hosts reported changes:"
+        sed 's/^/    | /' <<< "$changes"
+        return 1
+    fi
+    echo "    molecule $scenario passed in $((SECONDS - start)) s"
 }
 
 # Waits for any running scenario and records its result.
@@ -67,7 +78,7 @@ if [[ -z ${PAYCORE_SKIP_MOLECULE:-} ]]; then
     # A scenario with a SKIP file is left out of the default run, and says why.
     if [[ -z ${PAYCORE_SCENARIOS:-} ]]; then
         # The longest scenarios start first, so the short ones fill in beside them.
-        longest_first="site postgresql alerting network"
+        longest_first="site postgresql ledger_service alerting network"
         others=$(find molecule -mindepth 2 -maxdepth 2 -name molecule.yml -printf '%h\n' \
             | xargs -n1 basename | sort | grep -vxF -f <(tr ' ' '\n' <<< "$longest_first"))
         scenarios=
