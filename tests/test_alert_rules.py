@@ -113,16 +113,64 @@ def test_promtool_unit_tests(workdir, test_file):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+DURATION_UNITS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def seconds(duration) -> float:
+    """A Prometheus duration ("1h30m", "4m30s", "0s", "500ms") in seconds."""
+    text = str(duration)
+    parts = re.findall(r"(\d+)(ms|[ywdhms])", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(int(n) / 1000 if u == "ms" else int(n) * DURATION_UNITS[u] for n, u in parts)
+
+
+def alerts_in(workdir, rule_files):
+    """Alerts the rule files a unit-test file names would load, by name."""
+    found = {}
+    for rule_file in rule_files:
+        for group in load(workdir / rule_file)["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    found[rule["alert"]] = rule
+    return found
+
+
+def unit_test_cases(document, workdir, test_file="test"):
+    """(alertname, firing?) of every alert test case in a promtool unit-test
+    document, and the problems that make a case prove nothing: an alert its
+    rule_files do not load (promtool passes a quiet case for an alert that does
+    not exist) and a quiet case evaluated before the alert's `for:` has elapsed
+    (quiet whatever the expression says)."""
+    cases, problems = [], []
+    rule_files = document.get("rule_files") or []
+    loaded = alerts_in(workdir, rule_files)
+    for group in document.get("tests") or []:
+        where = f"{test_file}: test {group.get('name')!r}"
+        if "interval" not in group:
+            problems.append(f"{where} has no interval")
+        for case in group.get("alert_rule_test") or []:
+            name, firing = case["alertname"], bool(case.get("exp_alerts"))
+            cases.append((name, firing))
+            if name not in loaded:
+                problems.append(f"{where}: {name} is not in its rule_files {rule_files}")
+                continue
+            wait = seconds(loaded[name].get("for", "0s"))
+            if not firing and seconds(case["eval_time"]) < wait:
+                problems.append(
+                    f"{where}: {name} is quiet at {case['eval_time']}, before its"
+                    f" for: {loaded[name]['for']} could have elapsed"
+                )
+    return cases, problems
+
+
 def test_every_alert_has_a_firing_and_a_quiet_unit_test(workdir):
-    firing, quiet = set(), set()
+    firing, quiet, problems = set(), set(), []
     for test_file in unit_test_files():
-        document = load(UNIT_TESTS / test_file)
-        for group in document["tests"]:
-            assert "interval" in group, (
-                f"{test_file}: test group {group.get('name')} has no interval"
-            )
-            for case in group.get("alert_rule_test") or []:
-                (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
+        cases, found = unit_test_cases(load(UNIT_TESTS / test_file), workdir, test_file)
+        problems += found
+        for name, fires in cases:
+            (firing if fires else quiet).add(name)
+    assert problems == []
     defined = set(alerts(workdir))
     assert defined, "no alerts rendered"
     assert not defined - firing, (
@@ -134,6 +182,31 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test(workdir):
     assert not (firing | quiet) - defined, (
         f"tests for unknown alerts: {sorted((firing | quiet) - defined)}"
     )
+
+
+def test_unit_test_check_rejects_cases_that_prove_nothing(workdir):
+    quiet_too_early = {"eval_time": "4m", "alertname": "HostHighCpu", "exp_alerts": []}
+    wrong_file = {"eval_time": "10m", "alertname": "BackupStale", "exp_alerts": []}
+    fine = {"eval_time": "5m", "alertname": "HostHighCpu", "exp_alerts": []}
+    document = {
+        "rule_files": ["hosts.rules.yml"],
+        "tests": [
+            {"interval": "1m", "alert_rule_test": [quiet_too_early, wrong_file, fine]},
+            {"name": "no interval", "alert_rule_test": []},
+        ],
+    }
+    _, problems = unit_test_cases(document, workdir)
+    assert len(problems) == 3, problems
+    assert "HostHighCpu is quiet at 4m, before its for: 5m" in problems[0]
+    assert "BackupStale is not in its rule_files" in problems[1]
+    assert "has no interval" in problems[2]
+
+
+def test_durations():
+    assert seconds("4m30s") == 270
+    assert seconds("1d2h") == 93600
+    assert seconds("0s") == 0
+    assert seconds("500ms") == 0.5
 
 
 def runbook_anchors():
