@@ -3,9 +3,12 @@
 Every PromQL expression is parsed by promtool, and every metric it reads must
 be one that something in this project really exposes: the ledger service
 (service/src), the textfile collector (docs/conventions.md), Prometheus itself,
-or an exporter (node-exporter and postgres-exporter: the Molecule scenarios
-check these names against the running exporters; cAdvisor: its documented
-metric families, as its binary cannot be fetched here).
+PayCore's recording rules (roles/prometheus), or an exporter (node-exporter and
+postgres-exporter: the Molecule scenarios check these names against the
+running exporters, and this suite says so with a skip; cAdvisor: its
+documented metric families, as its binary cannot be fetched here). Ledger
+request metrics are read with the SLO rules' own selector, so the dashboards
+and the alerts count the same requests.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_alert_rules import ROLE as PROMETHEUS_ROLE
+from test_alert_rules import render, role_context
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "roles" / "grafana" / "files" / "dashboards"
@@ -157,6 +162,25 @@ def service_metric_names() -> set[str]:
     return names
 
 
+def recorded_metric_names() -> set[str]:
+    """Series PayCore's recording rules write (roles/prometheus, rendered with its defaults)."""
+    context = role_context()
+    names = set()
+    for name in context["_prometheus_rule_templates"]:
+        template = PROMETHEUS_ROLE / "templates" / "rules" / f"{name}.rules.yml.j2"
+        for group in yaml.safe_load(render(template, context))["groups"]:
+            names |= {rule["record"] for rule in group["rules"] if "record" in rule}
+    return names
+
+
+def slo_selector() -> str:
+    """The label matchers the SLO rules select merchant traffic with."""
+    template = (PROMETHEUS_ROLE / "templates" / "rules" / "slo.rules.yml.j2").read_text()
+    match = re.search(r"\{% set selector = '([^']+)' %\}", template)
+    assert match, "no selector in slo.rules.yml.j2"
+    return match.group(1)
+
+
 def textfile_metric_names() -> set[str]:
     text = (ROOT / "docs" / "conventions.md").read_text()
     return set(re.findall(r"`(paycore_[a-z0-9_]+)", text))
@@ -288,19 +312,94 @@ def test_metric_name_extraction():
     assert metric_names("a_total / on (instance) group_left b") == {"a_total", "b"}
 
 
+# Families served by the exporters: this suite cannot see them (no exporter runs
+# here); the Molecule scenario named checks every one against the real exporter.
+CHECKED_BY_MOLECULE = {
+    "node_": "molecule/node_exporter (test_serves_the_families_rules_and_dashboards_use)",
+    "pg_": "molecule/postgres_exporter (test_serves_every_pg_family_the_dashboards_use)",
+}
+
+
 def test_every_metric_is_exposed_by_something():
     service = service_metric_names()
     textfile = textfile_metric_names()
+    recorded = recorded_metric_names()
     assert "http_requests_total" in service, "service metrics not found in service/src"
     assert "paycore_wireguard_peer_latest_handshake_seconds" in textfile
+    assert "paycore:ledger_errors:ratio_rate5m" in recorded
     unknown = []
     for name in sorted(dashboard_metric_names()):
-        if name.startswith(("node_", "pg_")):
-            continue  # checked against the running exporters by Molecule
+        if name.startswith(tuple(CHECKED_BY_MOLECULE)):
+            continue  # test_exporter_metrics_are_checked_by_molecule
         if name.startswith("container_"):
             known = name in CADVISOR_METRICS
+        elif ":" in name:
+            known = name in recorded
         else:
             known = name in service or name in textfile or name in PROMETHEUS_METRICS
         if not known:
             unknown.append(name)
     assert not unknown, f"dashboards read metrics nothing exposes: {unknown}"
+
+
+@pytest.mark.parametrize("prefix", sorted(CHECKED_BY_MOLECULE))
+def test_exporter_metrics_are_checked_by_molecule(prefix):
+    names = sorted(n for n in dashboard_metric_names() if n.startswith(prefix))
+    assert names, f"no {prefix}* metric in the dashboards"
+    scenario, test = CHECKED_BY_MOLECULE[prefix].split(" ", 1)
+    verifier = "\n".join(p.read_text() for p in (ROOT / scenario / "tests").glob("test_*.py"))
+    assert test.strip("()") in verifier and "dashboard_metric_names" in verifier, (
+        f"{scenario} no longer checks the dashboards' {prefix}* names"
+    )
+    pytest.skip(
+        f"{len(names)} {prefix}* names ({', '.join(names)}) need a running exporter: "
+        f"checked by {CHECKED_BY_MOLECULE[prefix]}"
+    )
+
+
+LEDGER_REQUEST_METRICS = re.compile(
+    r"\b(http_requests_total|http_request_duration_seconds_(?:bucket|count|sum))\b(\{[^}]*\})?"
+)
+
+
+def test_ledger_requests_are_selected_as_the_slo_rules_do():
+    """The overview's traffic, error and latency panels count the requests the
+    SLO alerts count: through the recorded paycore:* series, or with the rules'
+    own selector (e.g. probes, /metrics and /openapi.json are never counted)."""
+    selector = slo_selector()
+    wrong = []
+    for path in dashboards():
+        for title, expr in expressions(load(path)):
+            for match in LEDGER_REQUEST_METRICS.finditer(expr):
+                if selector not in (match.group(2) or ""):
+                    wrong.append(f"{path.name}: {title}: {match.group(0)}")
+    assert not wrong, f"not the SLO selector {{{selector}}}: {wrong}"
+
+
+def test_slo_panels_read_the_recorded_series():
+    overview = {p["title"]: p for p in all_panels(load(DASHBOARDS / "overview.json"))}
+
+    def exprs(title):
+        return [target["expr"] for target in overview[title]["targets"]]
+
+    assert exprs("Availability (30 d)") == ["1 - paycore:ledger_errors:ratio_rate30d"]
+    assert exprs("Error budget left (30 d)") == ["1 - paycore:ledger_errors:ratio_rate30d / 0.001"]
+    assert exprs("Requests under 250 ms (30 d)") == [
+        "1 - paycore:ledger_slow_requests:ratio_rate30d"
+    ]
+    assert exprs("Error ratio (5xx) vs SLO")[0] == "paycore:ledger_errors:ratio_rate5m"
+    burn = exprs("Error budget burn rate (5 m, 30 m, 1 h, 6 h)")
+    assert burn == [
+        f"paycore:ledger_errors:ratio_rate{w} / 0.001" for w in ("5m", "30m", "1h", "6h")
+    ]
+
+
+def test_dashboard_objectives_are_the_rules_objectives():
+    """The budget arithmetic and SLO lines above are the role's default objectives."""
+    context = role_context()
+    assert 1 - context["prometheus_slo_availability_objective"] == pytest.approx(0.001)
+    assert context["prometheus_slo_latency_threshold_seconds"] == "0.25"
+    latency = {p["title"]: p for p in all_panels(load(DASHBOARDS / "overview.json"))}[
+        "Requests under 250 ms (30 d)"
+    ]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert {"color": "orange", "value": context["prometheus_slo_latency_objective"]} in latency
