@@ -35,7 +35,8 @@ def run_playbook(tmp_path: Path, play: list, inventory: dict, extra_vars: dict |
 
 
 def local_host(**host_vars):
-    return {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, **host_vars}
+    interpreter = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    return {**interpreter, **host_vars}
 
 
 def tool(name):
