@@ -1,7 +1,9 @@
 """Verifies the grafana role's configuration and provisioning on a converged lab host.
 
 Grafana itself cannot be installed here (its APT repository is unreachable): the
-tests that need the running server skip with that reason.
+tests that need the real server skip with that reason. A stand-in for the API
+calls and the CLI command the role makes (prepare.yml) shows the role's order
+of operations: restart, password check and reset, then provisioning reloads.
 """
 
 import configparser
@@ -13,6 +15,9 @@ import yaml
 
 DASHBOARDS = Path(__file__).resolve().parents[3] / "roles" / "grafana" / "files" / "dashboards"
 PASSWORD = "molecule-only-grafana-password"
+ROTATED = "molecule-only-rotated-password"  # side_effect.yml
+EVENTS = "/var/lib/grafana-stub/events.jsonl"
+SIDE_EFFECT = {"event": "side effect"}
 
 
 def ini(host):
@@ -23,7 +28,25 @@ def ini(host):
 
 def needs_server(host):
     if not host.exists("grafana-server") and not host.file("/usr/sbin/grafana-server").exists:
-        pytest.skip("Grafana's APT repository is unreachable here (grafana_install_package: false)")
+        pytest.skip(
+            "Grafana's APT repository is unreachable here: only a stand-in for its API runs"
+            " (grafana_install_method: none, molecule/grafana/prepare.yml)"
+        )
+
+
+def stand_in_events(host):
+    """The stand-in's log of calls, split at the side effect's mark."""
+    lines = host.file(EVENTS).content_string.splitlines()
+    events = [json.loads(line) for line in lines]
+    if SIDE_EFFECT not in events:
+        return events, None
+    at = events.index(SIDE_EFFECT)
+    return events[:at], events[at + 1 :]
+
+
+def password(host):
+    """The admin password the last run applied: rotated by side_effect.yml."""
+    return ROTATED if stand_in_events(host)[1] is not None else PASSWORD
 
 
 def test_grafana_user_and_group(host):
@@ -46,12 +69,37 @@ def test_ini_secure_settings(host):
     assert conf["security"]["admin_user"] == "admin"
     assert conf["security"]["admin_password"] == "$__file{/etc/grafana/admin_password}"
     assert PASSWORD not in f.content_string
+    assert ROTATED not in f.content_string
 
 
 def test_admin_password_file(host):
     f = host.file("/etc/grafana/admin_password")
     assert (f.user, f.group, f.mode) == ("root", "grafana", 0o640)
-    assert f.content_string == PASSWORD
+    assert f.content_string == password(host)
+
+
+def test_first_run_restarts_checks_the_password_then_reloads(host):
+    converge, _ = stand_in_events(host)
+    calls = [(e["event"], e.get("status")) for e in converge if e["event"] != "start"]
+    # converge: the password logs in (it created the "database"), both
+    # provisioning files are new; idempotence and check: only the login check.
+    assert calls[:3] == [("login", 200), ("reload datasources", 200), ("reload dashboards", 200)]
+    assert set(calls[3:]) == {("login", 200)}
+    assert [e["event"] for e in converge[:2]] == ["start", "start"], "started, then restarted"
+
+
+def test_password_rotation_and_dashboard_change_in_one_run(host):
+    _, side_effect = stand_in_events(host)
+    if side_effect is None:
+        pytest.skip("side_effect.yml has not run (molecule verify on its own)")
+    calls = [(e["event"], e.get("status")) for e in side_effect]
+    # The reload logs in with the new password only because it is applied first.
+    assert calls == [
+        ("login", 401),
+        ("reset-admin-password", None),
+        ("reload dashboards", 200),
+    ]
+    assert host.file("/var/lib/grafana-stub/admin_password").content_string == ROTATED
 
 
 def test_datasource_provisioned_with_fixed_uid(host):
@@ -110,11 +158,12 @@ API = "http://10.44.0.5:3000/api"
 def test_anonymous_is_refused_and_admin_logs_in(host):
     needs_server(host)
     assert host.check_output(f"{STATUS} {API}/dashboards/uid/paycore-overview") == "401"
-    assert host.check_output(f"{STATUS} {API}/user admin:{PASSWORD}") == "200"
+    assert host.check_output(f"{STATUS} {API}/user admin:{password(host)}") == "200"
 
 
 def test_dashboards_loaded_with_the_datasource(host):
     needs_server(host)
+    secret = password(host)
     for uid in ("paycore-overview", "paycore-host", "paycore-postgresql"):
-        assert host.check_output(f"{STATUS} {API}/dashboards/uid/{uid} admin:{PASSWORD}") == "200"
-    assert host.check_output(f"{STATUS} {API}/datasources/uid/prometheus admin:{PASSWORD}") == "200"
+        assert host.check_output(f"{STATUS} {API}/dashboards/uid/{uid} admin:{secret}") == "200"
+    assert host.check_output(f"{STATUS} {API}/datasources/uid/prometheus admin:{secret}") == "200"
