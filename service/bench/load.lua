@@ -22,6 +22,7 @@ function init(_)
   math.randomseed(os.time() * 100 + thread_id)
   sent = 0
   unexpected = 0
+  last_unexpected = 0
 end
 
 function request()
@@ -40,19 +41,24 @@ end
 function response(status, _, _)
   if status ~= expected then
     unexpected = unexpected + 1
+    last_unexpected = status
   end
 end
 
 function done(summary, latency, _)
   local errors = summary.errors
   local unexpected_total = 0
+  local last_status = 0
   for _, thread in ipairs(threads) do
     unexpected_total = unexpected_total + thread:get("unexpected")
+    if thread:get("last_unexpected") ~= 0 then
+      last_status = thread:get("last_unexpected")
+    end
   end
   io.write(string.format(
-    '{"requests": %d, "seconds": %.3f, "unexpected_status": %d, "socket_errors": %d,'
-      .. ' "p50_ms": %.3f, "p99_ms": %.3f}\n',
-    summary.requests, summary.duration / 1e6, unexpected_total,
+    '{"requests": %d, "seconds": %.3f, "unexpected_status": %d, "last_unexpected": %d,'
+      .. ' "socket_errors": %d, "p50_ms": %.3f, "p99_ms": %.3f}\n',
+    summary.requests, summary.duration / 1e6, unexpected_total, last_status,
     errors.connect + errors.read + errors.write + errors.timeout,
     latency:percentile(50) / 1000, latency:percentile(99) / 1000))
 end

@@ -27,6 +27,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) ->
     [
         ({}, "PAYCORE_DATABASE_URL"),
         ({"PAYCORE_DATABASE_URL": "mysql://x"}, "postgresql://"),
+        ({"PAYCORE_DATABASE_URL": "postgresql://u@h:notaport/db"}, "port"),
+        ({"PAYCORE_DATABASE_URL": "postgresql://u@h:99999/db"}, "port"),
+        ({"PAYCORE_DATABASE_URL": "postgresql://u@h:5432,h2:x/db"}, "port"),
+        ({"PAYCORE_DATABASE_URL": "postgresql://u@[::1/db"}, "PAYCORE_DATABASE_URL"),
+        ({"PAYCORE_DATABASE_URL": "postgresql://u@h/db/extra"}, "database name"),
+        ({"PAYCORE_DATABASE_URL": "postgresql://u@h/db?sslmode=sometimes"}, "sslmode"),
+        ({"PAYCORE_DATABASE_URL": "postgresql://u@h/db?port=x"}, "port"),
         ({"PAYCORE_DATABASE_URL_FILE": "/nonexistent/url"}, "cannot read"),
         ({"PAYCORE_PORT": "http"}, "PAYCORE_PORT"),
         ({"PAYCORE_PORT": "70000"}, "PAYCORE_PORT"),

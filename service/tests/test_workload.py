@@ -105,7 +105,23 @@ def test_random_workload_reconciles(database, batches):
 
 
 def test_reconcile_command_clean_after_everything(database):
+    """Self-contained: it posts its own money (payment, refund, payout), then the
+    real command checks the whole ledger, whatever ran before."""
+
+    async def post_money() -> None:
+        conn = await asyncpg.connect(database.owner_url)
+        created = await merchants.create(conn, f"rc-{uuid.uuid4().hex[:12]}")
+        await conn.close()
+        async with TestClient(TestServer(create_app(make_settings(database.app_url)))) as client:
+            api = Api(client, created["api_key"], created["merchant_id"])
+            await api.open_account("NGN")
+            payment = await api.pay(5_000)
+            assert payment.status == 201, payment.body
+            assert (await api.refund(payment.body["id"], 1_000)).status == 201
+            assert (await api.payout(2_000)).status == 201
+
+    asyncio.run(post_money())
     result = run_cli(["reconcile"], cli_env(database.app_url))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
-    assert report["ok"] and report["checked"]["transactions"] > 0
+    assert report["ok"] and report["checked"]["transactions"] >= 3

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from . import metrics
 from .config import Settings
-from .db import UNAVAILABLE_ERRORS, Database, unavailable
+from .db import UNAVAILABLE_ERRORS, Database, timed_out, unavailable
 from .handlers import accounts, payments, payouts, system
 from .handlers.common import DB_KEY, SETTINGS_KEY
 from .logs import merchant_id_var, request_id_var
@@ -65,12 +65,26 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
             if exc.status < 400:
                 raise
             response = _http_problem(exc).response()
+        except asyncpg.QueryCanceledError:  # before UNAVAILABLE_ERRORS: same class 57
+            response = timed_out().response()
         except UNAVAILABLE_ERRORS:
             response = unavailable().response()
         except asyncpg.LockNotAvailableError:
             # lock_timeout hit on a ledger row: overload, safe to retry.
             response = Problem(
                 503, "ledger_busy", "the ledger is busy; retry", headers={"Retry-After": "1"}
+            ).response()
+        except asyncpg.DataError as exc:
+            # Safety net only: input is validated before it reaches the database
+            # (validation.py, ids.py). A value PostgreSQL still refuses (class 22)
+            # is the client's, not a server fault; the transaction rolled back and
+            # nothing was stored. Logged without the data, so a gap shows up.
+            log.warning(
+                "database refused a value",
+                extra={"route": route_template(request), "sqlstate": exc.sqlstate},
+            )
+            response = Problem(
+                400, "invalid_input", "the request holds a value the ledger cannot store"
             ).response()
         except asyncio.CancelledError:
             raise

@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
         role = args.app_role or settings.app_role
 
         async def do_migrate(conn) -> int:
-            applied = await migrations.migrate(conn, role)
+            applied = await migrations.migrate(conn, role, settings.currencies)
             _print({"applied": applied, "app_role": role})
             return 0
 

@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 DEFAULT_CURRENCIES = ("NGN", "USD", "EUR", "GBP")
 DEFAULT_REVIEW_THRESHOLD = 10_000_000
@@ -72,9 +73,71 @@ def _database_url(env: dict[str, str]) -> str | None:
             ) from None
         if not url:
             raise ConfigError(f"PAYCORE_DATABASE_URL_FILE: {path} is empty")
-    if url and not url.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("the database URL must start with postgresql:// or postgres://")
+    if url:
+        check_database_url(url, "PAYCORE_DATABASE_URL_FILE" if path else "PAYCORE_DATABASE_URL")
     return url or None
+
+
+_HOST_RE = re.compile(r"[A-Za-z0-9._-]+")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+
+
+def check_database_url(url: str, what: str = "PAYCORE_DATABASE_URL") -> None:
+    """Validate a libpq URL fully (host list, ports, database name, known options).
+
+    Messages never repeat the URL or its parts: it may hold a password.
+    """
+    if not url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError(f"{what}: the database URL must start with postgresql:// or postgres://")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"{what} is not a valid URL ({exc})") from None
+    if parts.fragment:
+        raise ConfigError(f"{what} must not have a #fragment")
+    hosts = parts.netloc.rpartition("@")[2]
+    for spec in hosts.split(",") if hosts else []:
+        if spec.startswith("["):
+            address, bracket, rest = spec[1:].partition("]")
+            if not bracket or not address or (rest and not rest.startswith(":")):
+                raise ConfigError(f"{what} has a malformed [IPv6] host")
+            port = rest[1:] if rest else ""
+        else:
+            host, _, port = spec.partition(":")
+            host = unquote(host)
+            if host and not (host.startswith("/") or _HOST_RE.fullmatch(host)):
+                raise ConfigError(f"{what} has an invalid host name")
+        _check_port(what, port)
+    path = parts.path
+    if path not in ("", "/") and ("/" in path[1:] or not unquote(path[1:]).strip()):
+        raise ConfigError(f"{what} has an invalid database name (one path segment after the host)")
+    try:
+        options = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ConfigError(f"{what} has a malformed ?query") from None
+    for name, value in options:
+        if name == "port":
+            for item in value.split(","):
+                _check_port(what, item, required=True)
+        elif name == "host" and not value:
+            raise ConfigError(f"{what} has an empty host= option")
+        elif name == "sslmode" and value not in _SSLMODES:
+            raise ConfigError(f"{what}: sslmode must be one of {', '.join(_SSLMODES)}")
+        elif name == "target_session_attrs" and value not in _SESSION_ATTRS:
+            raise ConfigError(
+                f"{what}: target_session_attrs must be one of {', '.join(_SESSION_ATTRS)}"
+            )
+        elif name == "connect_timeout" and not _PORT_RE.fullmatch(value):
+            raise ConfigError(f"{what}: connect_timeout must be a whole number of seconds")
+
+
+def _check_port(what: str, port: str, required: bool = False) -> None:
+    if not port and not required:
+        return
+    if not _PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{what} has an invalid port (a number from 1 to 65535 is expected)")
 
 
 def _currencies(env: dict[str, str]) -> tuple[str, ...]:

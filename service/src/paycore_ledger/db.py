@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -20,8 +22,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.QueryCanceledError,
 )
+
+log = logging.getLogger("paycore.db")
 
 ACQUIRE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
@@ -32,6 +35,16 @@ def unavailable() -> Problem:
         503,
         "database_unavailable",
         "the ledger database is unavailable; retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
+def timed_out() -> Problem:
+    """statement_timeout (or an operator's cancel) ended the query: 503, retry."""
+    return Problem(
+        503,
+        "database_timeout",
+        "the ledger database did not answer in time; retry later",
         headers={"Retry-After": "1"},
     )
 
@@ -58,6 +71,7 @@ class Database:
         self._settings = settings
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
+        self._last_warning = -10.0
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is not None:
@@ -94,13 +108,30 @@ class Database:
             conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
         except UNAVAILABLE_ERRORS:
             raise unavailable() from None
+        except Exception as exc:
+            # Reached but refused: login, missing database, bad connection
+            # options. Still "unavailable" to the client, and worth a log line.
+            self._warn_refused(exc)
+            raise unavailable() from None
         try:
             yield conn
+        except asyncpg.QueryCanceledError:  # class 57 like OperatorIntervention: first
+            raise timed_out() from None
         except UNAVAILABLE_ERRORS:
             raise unavailable() from None
         finally:
             with contextlib.suppress(*UNAVAILABLE_ERRORS):
                 await pool.release(conn)
+
+    def _warn_refused(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 10:  # at most one line per 10 s per worker
+            self._last_warning = now
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            log.warning(
+                "cannot open a database connection",
+                extra={"error": f"{type(exc).__name__}: {first}"},
+            )
 
     def stats(self) -> tuple[int, int]:
         """(open connections, connections in use)."""

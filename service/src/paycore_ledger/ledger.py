@@ -51,17 +51,20 @@ def pick_system_account(currency: str) -> str:
     return system_account_id(currency, secrets.randbelow(SYSTEM_SHARDS))
 
 
-async def ensure_system_accounts(conn: asyncpg.Connection, currency: str) -> None:
-    await conn.execute(
+async def ensure_system_accounts(conn: asyncpg.Connection, currency: str) -> int:
+    """Create the currency's missing shards (0 .. SYSTEM_SHARDS-1); returns how many."""
+    status = await conn.execute(
         """
         INSERT INTO accounts (id, kind, currency, shard)
-        SELECT 'acct_sys_' || lower($1) || '_' || lpad(g::text, 2, '0'), 'system', $1, g
+        SELECT 'acct_sys_' || lower($1) || '_' || lpad(g::text, greatest(2, length(g::text)), '0'),
+               'system', $1, g
           FROM generate_series(0, $2 - 1) AS g
         ON CONFLICT DO NOTHING
         """,
         currency,
         SYSTEM_SHARDS,
     )
+    return int(status.split()[-1])
 
 
 async def post(

@@ -9,19 +9,27 @@ from importlib import resources
 
 import asyncpg
 
+from . import ledger
+
 # Any constant works; it only has to be the same for every host running migrate.
 ADVISORY_LOCK_KEY = 0x5041_59C0_4E1E_D6E2 - (1 << 63)
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 # Least privileges of the runtime role: no UPDATE/DELETE on the journal, no
-# UPDATE on accounts (balances change only through the entries trigger), no DDL.
+# UPDATE on accounts (balances change only through the entries trigger) and no
+# INSERT of its balance column (accounts open at 0; sql/0005 also enforces
+# that for every role), no DDL. Each statement is idempotent.
 RUNTIME_GRANTS = (
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT ON schema_migrations TO {role}",
     "GRANT SELECT, INSERT ON merchants TO {role}",
     "GRANT SELECT, INSERT ON api_keys TO {role}",
     "GRANT UPDATE (revoked_at) ON api_keys TO {role}",
-    "GRANT SELECT, INSERT ON accounts TO {role}",
+    "GRANT SELECT ON accounts TO {role}",
+    # A table-level INSERT (granted by earlier releases) covers every column:
+    # revoke it (this also revokes column grants), then grant the columns.
+    "REVOKE INSERT ON accounts FROM {role}",
+    "GRANT INSERT (id, kind, merchant_id, currency, shard) ON accounts TO {role}",
     "GRANT SELECT, INSERT ON journal_transactions TO {role}",
     "GRANT SELECT, INSERT ON entries TO {role}",
     "GRANT SELECT, INSERT ON payments TO {role}",
@@ -62,8 +70,17 @@ def available() -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection, app_role: str | None = None) -> list[int]:
-    """Apply pending migrations; returns the versions applied. Safe to run concurrently."""
+async def migrate(
+    conn: asyncpg.Connection,
+    app_role: str | None = None,
+    currencies: tuple[str, ...] | list[str] = (),
+) -> list[int]:
+    """Apply pending migrations; returns the versions applied. Safe to run concurrently.
+
+    Afterwards every system account shard (ledger.SYSTEM_SHARDS per currency)
+    exists for each of `currencies` (the configured set) and each currency
+    already in the ledger, so no posting can pick a shard that is missing.
+    """
     await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
     try:
         await conn.execute(
@@ -98,11 +115,24 @@ async def migrate(conn: asyncpg.Connection, app_role: str | None = None) -> list
                     migration.checksum,
                 )
             done.append(migration.version)
+        await ensure_all_system_accounts(conn, currencies)
         if app_role:
             await grant_runtime(conn, app_role)
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
+
+
+async def ensure_all_system_accounts(
+    conn: asyncpg.Connection, currencies: tuple[str, ...] | list[str] = ()
+) -> int:
+    """Create missing system shards for `currencies` and every currency in use;
+    returns how many were created."""
+    in_use = await conn.fetch("SELECT DISTINCT currency FROM accounts")
+    created = 0
+    for currency in sorted({*currencies, *(r["currency"] for r in in_use)}):
+        created += await ledger.ensure_system_accounts(conn, currency)
+    return created
 
 
 async def grant_runtime(conn: asyncpg.Connection, role: str) -> None:

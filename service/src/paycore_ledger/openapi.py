@@ -29,12 +29,22 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 
 _AUTH_ERRORS = {
     "401": _problem("Missing or invalid API key (`unauthorized`)"),
-    "503": _problem("Database unavailable (`database_unavailable`)"),
+    "503": _problem(
+        "Database unavailable (`database_unavailable`), a query exceeded the statement"
+        " timeout (`database_timeout`) or a row lock wait timed out (`ledger_busy`);"
+        " all come with `Retry-After` and are safe to retry"
+    ),
 }
 _BODY_ERRORS = {
-    "400": _problem("Malformed JSON (`malformed_json`) or Idempotency-Key problem"),
+    "400": _problem(
+        "Malformed JSON (`malformed_json`), Idempotency-Key problem, or a value the"
+        " ledger cannot store (`invalid_input`)"
+    ),
     "413": _problem("Body over 1 MiB (`payload_too_large`)"),
-    "422": _problem("Invalid field (`validation_error`, names the field) or business refusal"),
+    "422": _problem(
+        "Invalid field (`validation_error`, names the field; also strings holding NUL or"
+        " lone surrogates) or business refusal"
+    ),
 }
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _IDEMPOTENCY_KEY = {
@@ -234,7 +244,9 @@ def _money_post(summary: str, body: str, result: str, extra: dict | None = None)
 
 
 def document() -> dict[str, Any]:
-    not_found = {"404": _problem("Unknown id, or another merchant's (`not_found`)")}
+    not_found = {
+        "404": _problem("Unknown id, another merchant's, or no valid id at all (`not_found`)")
+    }
     plain = {"security": []}
     return {
         "openapi": "3.1.0",

@@ -18,6 +18,10 @@ MAX_METADATA_KEY = 40
 MAX_METADATA_VALUE = 500
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+LIMIT_RE = re.compile(r"[0-9]{1,4}")  # fullmatch; ASCII only: str.isdigit() also takes "²"
+# What PostgreSQL cannot store in text or jsonb: NUL, and lone UTF-16 surrogates
+# (valid JSON escapes that are not Unicode characters; they cannot be encoded).
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _reject_constant(name: str) -> Any:
@@ -44,7 +48,30 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise Problem(400, "malformed_json", "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise field_error("body", "must be a JSON object")
+    _reject_unstorable(body)
     return body
+
+
+def _reject_unstorable(body: dict[str, Any]) -> None:
+    """422 naming the field for any string (name or value) holding NUL or a lone surrogate."""
+    for name, value in body.items():
+        if _UNSTORABLE_RE.search(name):
+            raise field_error("body", "field names must not contain NUL or lone surrogates")
+        _check_value(name, value)
+
+
+def _check_value(field: str, value: Any) -> None:
+    if isinstance(value, str):
+        if _UNSTORABLE_RE.search(value):
+            raise field_error(field, "must not contain NUL characters or lone surrogates")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if _UNSTORABLE_RE.search(key):
+                raise field_error(field, "keys must not contain NUL or lone surrogates")
+            _check_value(f"{field}.{key}", item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_value(field, item)
 
 
 def too_large() -> Problem:
@@ -129,6 +156,6 @@ def limit(request: web.Request, default: int = 20, maximum: int = 100) -> int:
     raw = request.query.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not LIMIT_RE.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise field_error("limit", f"must be an integer between 1 and {maximum}")
     return int(raw)

@@ -9,7 +9,7 @@ from .. import validation
 from ..ids import entry_public_id, new_id, parse_entry_id, transaction_public_id
 from ..ledger import _iso, account_view, ensure_system_accounts
 from ..problems import Problem, field_error
-from .common import SETTINGS_KEY, authenticated, json_response
+from .common import SETTINGS_KEY, authenticated, json_response, path_id
 
 
 def not_found() -> Problem:
@@ -53,7 +53,7 @@ async def list_accounts(request: web.Request, conn: asyncpg.Connection, merchant
 async def get_account(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
     row = await conn.fetchrow(
         "SELECT id, currency, balance, created_at FROM accounts WHERE id = $1 AND merchant_id = $2",
-        request.match_info["id"],
+        path_id(request, "acct", "account"),
         merchant_id,
     )
     if row is None:
@@ -63,7 +63,7 @@ async def get_account(request: web.Request, conn: asyncpg.Connection, merchant_i
 
 @authenticated
 async def list_entries(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
-    account_id = request.match_info["id"]
+    account_id = path_id(request, "acct", "account")
     limit = validation.limit(request)
     account = await conn.fetchrow(
         "SELECT currency FROM accounts WHERE id = $1 AND merchant_id = $2",

@@ -15,8 +15,10 @@ from .. import idempotency, validation
 from ..auth import authenticate, bearer_token
 from ..config import Settings
 from ..db import Database
+from ..ids import valid_id
 from ..ledger import Outcome
 from ..logs import merchant_id_var
+from ..problems import Problem
 
 DB_KEY = web.AppKey("db", Database)
 SETTINGS_KEY = web.AppKey("settings", Settings)
@@ -32,16 +34,39 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     )
 
 
+def path_id(request: web.Request, prefix: str, what: str) -> str:
+    """The {id} of the path; 404 if it cannot be an id of this type (NUL, non-ASCII,
+    too long, wrong prefix): such an id is simply not found."""
+    value = request.match_info["id"]
+    if not valid_id(prefix, value):
+        raise Problem(404, "not_found", f"no such {what}")
+    return value
+
+
+async def authenticate_first(request: web.Request, token: str) -> None:
+    """Before refusing a request for anything else: 401 if the key is wrong."""
+    async with request.app[DB_KEY].connection() as conn:
+        merchant_id_var.set(await authenticate(conn, token))
+
+
 def authenticated(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """Resolve the merchant from the bearer key, on the connection the handler will use."""
+    """Resolve the merchant from the bearer key, on the connection the handler will use.
+
+    A missing or wrong key answers 401 before anything else is looked at (body
+    size, JSON, fields, ids): the handler's own checks run after authentication.
+    """
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
         token = bearer_token(request)
         if request.body_exists:
             # Read the body before taking a pooled connection, so a slow client
-            # cannot hold one; oversized bodies answer 413 here.
-            await validation.read_raw(request)
+            # cannot hold one. Oversized: 413, but only for a valid key.
+            try:
+                await validation.read_raw(request)
+            except Problem:
+                await authenticate_first(request, token)
+                raise
         async with request.app[DB_KEY].connection() as conn:
             merchant_id = await authenticate(conn, token)
             merchant_id_var.set(merchant_id)

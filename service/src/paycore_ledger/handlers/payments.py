@@ -6,15 +6,16 @@ import asyncpg
 from aiohttp import web
 
 from .. import ledger, payment_call, validation
-from ..auth import authenticate, bearer_token
-from ..logs import merchant_id_var
+from ..auth import bearer_token
 from ..problems import Problem
 from .common import (
     DB_KEY,
     SETTINGS_KEY,
+    authenticate_first,
     authenticated,
     idempotent_post,
     json_response,
+    path_id,
     respond,
 )
 
@@ -24,10 +25,10 @@ async def create_payment(request: web.Request) -> web.Response:
     statement. A request refused before that (400/413/422) is authenticated
     first, so a wrong key still answers 401 whatever else is wrong."""
     token = bearer_token(request)
-    if request.body_exists:
-        await validation.read_raw(request)  # before taking a pooled connection
     settings = request.app[SETTINGS_KEY]
     try:
+        if request.body_exists:
+            await validation.read_raw(request)  # before taking a pooled connection
         key = validation.idempotency_key(request)
         body = await validation.read_json(request)
         validation.reject_unknown(body, {"amount", "currency", "description", "metadata"})
@@ -36,8 +37,7 @@ async def create_payment(request: web.Request) -> web.Response:
         description = validation.description(body)
         metadata = validation.metadata(body)
     except Problem:
-        async with request.app[DB_KEY].connection() as conn:
-            merchant_id_var.set(await authenticate(conn, token))
+        await authenticate_first(request, token)
         raise
     async with request.app[DB_KEY].connection() as conn:
         answer = await payment_call.create_payment(
@@ -60,7 +60,7 @@ async def create_payment(request: web.Request) -> web.Response:
 async def get_payment(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
     row = await conn.fetchrow(
         "SELECT * FROM payments WHERE id = $1 AND merchant_id = $2",
-        request.match_info["id"],
+        path_id(request, "pay", "payment"),
         merchant_id,
     )
     if row is None:
@@ -70,11 +70,11 @@ async def get_payment(request: web.Request, conn: asyncpg.Connection, merchant_i
 
 @authenticated
 async def create_refund(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
+    payment_id = path_id(request, "pay", "payment")
     key = validation.idempotency_key(request)
     body = await validation.read_json(request)
     validation.reject_unknown(body, {"amount"})
     amount = validation.amount(body)
-    payment_id = request.match_info["id"]
 
     async def action(tx: asyncpg.Connection) -> ledger.Outcome:
         return await ledger.create_refund(
@@ -88,7 +88,7 @@ async def create_refund(request: web.Request, conn: asyncpg.Connection, merchant
 async def get_refund(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
     row = await conn.fetchrow(
         "SELECT * FROM refunds WHERE id = $1 AND merchant_id = $2",
-        request.match_info["id"],
+        path_id(request, "re", "refund"),
         merchant_id,
     )
     if row is None:

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from .. import ledger, validation
 from ..problems import Problem
-from .common import SETTINGS_KEY, authenticated, idempotent_post, json_response
+from .common import SETTINGS_KEY, authenticated, idempotent_post, json_response, path_id
 
 
 @authenticated
@@ -30,7 +30,7 @@ async def create_payout(request: web.Request, conn: asyncpg.Connection, merchant
 async def get_payout(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
     row = await conn.fetchrow(
         "SELECT * FROM payouts WHERE id = $1 AND merchant_id = $2",
-        request.match_info["id"],
+        path_id(request, "po", "payout"),
         merchant_id,
     )
     if row is None:

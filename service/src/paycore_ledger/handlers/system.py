@@ -24,7 +24,11 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with request.app[DB_KEY].connection() as conn:
             await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=2)
-    except (Problem, *UNAVAILABLE_ERRORS):
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # Whatever keeps us from the database (down, refused login, timeout,
+        # misconfiguration): not ready, never a 500.
         raise Problem(503, "database_unavailable", "the ledger database is unavailable") from None
     return json_response(200, {"status": "ready"})
 

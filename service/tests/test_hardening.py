@@ -1,0 +1,278 @@
+"""Inputs and settings found by the audit: each answers a 4xx/503 problem, never a 500,
+and the database enforces what the application promises."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+
+import asyncpg
+import pytest
+from aiohttp import web
+from conftest import make_settings
+from paycore_ledger import ledger, migrations
+from paycore_ledger.app import create_app
+from paycore_ledger.handlers.common import DB_KEY
+from test_api import assert_problem
+
+# ---- strings the database cannot store ----------------------------------------------
+
+SURROGATE = "\\ud800"  # as written in the JSON text: a lone UTF-16 surrogate
+NUL = "\\u0000"
+
+
+@pytest.mark.parametrize("junk", [SURROGATE, NUL, "a" + NUL + "b", "x" + SURROGATE])
+@pytest.mark.parametrize(
+    ("template", "field"),
+    [
+        ('{"amount": 10, "currency": "NGN", "description": "%s"}', "description"),
+        ('{"amount": 10, "currency": "NGN", "metadata": {"k": "%s"}}', "metadata.k"),
+        ('{"amount": 10, "currency": "NGN", "metadata": {"%s": "v"}}', "metadata"),
+    ],
+)
+async def test_unstorable_strings_in_payments_are_422(merchant, template, field, junk):
+    await merchant.open_account()
+    r = await merchant.post("/v1/payments", raw=template % junk)
+    assert_problem(r, 422, "validation_error")
+    assert r.body["field"] == field
+    # Nothing was stored under the key: it is a validation error, not an answer.
+    again = await merchant.post(
+        "/v1/payments", {"amount": 10, "currency": "NGN"}, idem="after-junk-" + uuid.uuid4().hex
+    )
+    assert again.status == 201
+
+
+async def test_unstorable_strings_in_other_bodies_are_422(merchant):
+    account = await merchant.open_account()
+    paid = (await merchant.pay(100)).body
+    for path, raw, field in (
+        ("/v1/accounts", '{"currency": "NG' + SURROGATE + '"}', "currency"),
+        ("/v1/payouts", '{"amount": 1, "currency": "' + NUL + '"}', "currency"),
+        (f"/v1/payments/{paid['id']}/refunds", '{"amount": 1, "x' + SURROGATE + '": 1}', "body"),
+    ):
+        r = await merchant.post(path, raw=raw)
+        assert_problem(r, 422, "validation_error")
+        assert r.body["field"] == field, r.body
+    assert await merchant.balance(account) == 100
+
+
+# ---- ids and query parameters ---------------------------------------------------------
+
+JUNK_SUFFIXES = ["%00", "%ED%A0%80", "a%00b", "x" * 300, "%C2%B2", "a%20b", "%F0%9F%92%B8"]
+
+
+@pytest.mark.parametrize("suffix", JUNK_SUFFIXES)
+async def test_ids_that_cannot_exist_are_404(merchant, suffix):
+    await merchant.open_account()
+    for method, path in (
+        ("GET", f"/v1/accounts/acct_{suffix}"),
+        ("GET", f"/v1/accounts/acct_{suffix}/entries"),
+        ("GET", f"/v1/payments/pay_{suffix}"),
+        ("POST", f"/v1/payments/pay_{suffix}/refunds"),
+        ("GET", f"/v1/refunds/re_{suffix}"),
+        ("GET", f"/v1/payouts/po_{suffix}"),
+        ("GET", f"/v1/payouts/{suffix}"),
+    ):
+        if method == "POST":
+            r = await merchant.post(path, {"amount": 1})
+        else:
+            r = await merchant.get(path)
+        assert_problem(r, 404, "not_found")
+
+
+async def test_non_ascii_digits_in_query_are_422(merchant):
+    account = await merchant.open_account()
+    await merchant.pay(5)
+    for query, field in (
+        ("limit=%C2%B2", "limit"),  # superscript two: str.isdigit() is True
+        ("limit=%D9%A3", "limit"),  # Arabic-Indic three
+        ("limit=%00", "limit"),
+        ("starting_after=ent_%C2%B2", "starting_after"),
+        ("starting_after=ent_%D9%A3%D9%A3", "starting_after"),
+        ("starting_after=ent_%00", "starting_after"),
+    ):
+        r = await merchant.get(f"/v1/accounts/{account}/entries?{query}")
+        assert_problem(r, 422, "validation_error")
+        assert r.body["field"] == field
+
+
+async def test_database_data_error_is_never_a_500(settings, aiohttp_client, caplog):
+    """The safety net: a DataError from PostgreSQL that validation missed answers 400."""
+
+    async def leaky(request: web.Request) -> web.Response:
+        async with request.app[DB_KEY].connection() as conn:
+            await conn.fetchval("SELECT $1::text", "nul\x00inside")
+        return web.Response(text="unreachable")
+
+    app = create_app(settings)
+    app.router.add_get("/test/leaky", leaky)
+    client = await aiohttp_client(app)
+    r = await client.get("/test/leaky")
+    assert r.status == 400
+    assert r.headers["Content-Type"].startswith("application/problem+json")
+    assert (await r.json())["code"] == "invalid_input"
+    assert "Traceback" not in caplog.text
+
+
+# ---- authentication comes first -------------------------------------------------------
+
+
+async def test_wrong_key_is_401_before_body_size_or_shape(client, merchant):
+    await merchant.open_account()
+    paid = (await merchant.pay(10)).body
+    wrong = {
+        "Authorization": "Bearer pck_" + "z" * 40,
+        "Idempotency-Key": "k",
+        "Content-Type": "application/json",
+    }
+    big = json.dumps({"amount": 1, "currency": "NGN", "description": "x" * (1024 * 1024)})
+    for path in (
+        "/v1/payments",
+        "/v1/payouts",
+        "/v1/accounts",
+        f"/v1/payments/{paid['id']}/refunds",
+        "/v1/payments/pay_%00/refunds",
+    ):
+        for data in (big, "{not json", '{"description": "\\ud800"}'):
+            r = await client.post(path, data=data, headers=wrong)
+            assert r.status == 401, (path, data[:20], await r.text())
+            assert (await r.json())["code"] == "unauthorized"
+    for path in ("/v1/accounts/acct_%00", "/v1/payments/pay_%00"):
+        r = await client.get(path, headers=wrong)
+        assert r.status == 401
+    # With the right key the same oversized body is 413.
+    r = await merchant.post("/v1/payouts", raw=big)
+    assert_problem(r, 413, "payload_too_large")
+
+
+# ---- statement timeout ------------------------------------------------------------
+
+
+async def test_statement_timeout_is_503_database_timeout(database, aiohttp_client, owner_conn):
+    # lock_timeout above statement_timeout: the waiting statement is cancelled.
+    settings = make_settings(database.app_url, statement_timeout_ms=300, lock_timeout_ms=5000)
+    client = await aiohttp_client(create_app(settings))
+    from conftest import Api
+    from paycore_ledger import merchants
+
+    created = await merchants.create(owner_conn, f"timeout-{uuid.uuid4().hex[:12]}")
+    api = Api(client, created["api_key"], created["merchant_id"])
+    account = await api.open_account()
+    tx = owner_conn.transaction()
+    await tx.start()
+    await owner_conn.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account)
+    try:
+        r = await api.pay(10, idem="slow")
+        assert_problem(r, 503, "database_timeout")
+        assert r.headers["Retry-After"] == "1"
+        r = await api.get(f"/v1/accounts/{account}/entries")
+        assert r.status == 200
+    finally:
+        await tx.rollback()
+    r = await api.pay(10, idem="slow")
+    assert r.status == 201 and "Idempotent-Replayed" not in r.headers
+
+
+# ---- readiness whatever the failure -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://nobody@127.0.0.1:1/none",  # nothing listens
+        "postgresql://no_such_role@127.0.0.1:{port}/paycore_test",  # refused login
+        "postgresql://postgres@127.0.0.1:{port}/no_such_database",
+    ],
+)
+async def test_readyz_is_503_for_any_database_failure(database, aiohttp_client, url):
+    if "{port}" in url:
+        if database.cluster is None:
+            pytest.skip("needs the throwaway cluster")
+        url = url.format(port=database.cluster.port)
+    client = await aiohttp_client(create_app(make_settings(url, db_pool_min=0)))
+    r = await client.get("/readyz")
+    assert r.status == 503
+    assert r.headers["Content-Type"].startswith("application/problem+json")
+    assert (await r.json())["code"] == "database_unavailable"
+    r = await client.get("/v1/accounts", headers={"Authorization": "Bearer pck_" + "q" * 40})
+    assert r.status == 503
+
+
+# ---- the database guards balances ----------------------------------------------------
+
+
+async def test_account_cannot_be_inserted_with_a_balance(database, merchant, owner_conn):
+    app_conn = await asyncpg.connect(database.app_url)
+    try:
+        for conn in (app_conn, owner_conn):
+            with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.CheckViolationError)):
+                await conn.execute(
+                    "INSERT INTO accounts (id, kind, merchant_id, currency, balance)"
+                    " VALUES ($1, 'merchant', $2, 'EUR', 777)",
+                    "acct_forged" + uuid.uuid4().hex[:8],
+                    merchant.merchant_id,
+                )
+            with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.CheckViolationError)):
+                await conn.execute(
+                    "INSERT INTO accounts (id, kind, currency, shard, balance)"
+                    " VALUES ($1, 'system', 'EUR', 99, -5)",
+                    "acct_sys_forged" + uuid.uuid4().hex[:8],
+                )
+        # The owner is refused by the database itself, not by grants.
+        with pytest.raises(asyncpg.CheckViolationError, match="balance"):
+            await owner_conn.execute(
+                "INSERT INTO accounts (id, kind, merchant_id, currency, balance)"
+                " VALUES ('acct_forged_owner', 'merchant', $1, 'GBP', 777)",
+                merchant.merchant_id,
+            )
+        # Opening an account the normal way still works for the runtime role.
+        assert (await merchant.post("/v1/accounts", {"currency": "EUR"})).status == 201
+    finally:
+        await app_conn.close()
+
+
+# ---- system shards exist before any posting needs them -------------------------------
+
+
+async def test_migrate_creates_all_shards_for_configured_currencies(
+    database, owner_conn, monkeypatch
+):
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        await migrations.migrate(conn, None, currencies=("CHF", "NGN"))
+        shards = await owner_conn.fetchval(
+            "SELECT count(*) FROM accounts WHERE kind = 'system' AND currency = 'CHF'"
+        )
+        assert shards == ledger.SYSTEM_SHARDS
+        # More shards in a newer release: migrate adds them for every currency in use.
+        monkeypatch.setattr(ledger, "SYSTEM_SHARDS", ledger.SYSTEM_SHARDS + 2)
+        await migrations.migrate(conn, None, currencies=("CHF",))
+        rows = await owner_conn.fetch(
+            "SELECT currency, count(*) AS n FROM accounts WHERE kind = 'system' GROUP BY currency"
+        )
+        assert rows and all(r["n"] >= ledger.SYSTEM_SHARDS for r in rows)
+    finally:
+        await conn.close()
+
+
+async def test_more_shards_after_migrate_are_usable(database, merchant, monkeypatch):
+    """A release with more shards: after `migrate`, postings on the new shards of a
+    currency already in use land (no foreign-key failure, no 500)."""
+    await merchant.open_account("NGN")
+    more = ledger.SYSTEM_SHARDS + 3
+    monkeypatch.setattr(ledger, "SYSTEM_SHARDS", more)
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        await migrations.migrate(conn, None)
+    finally:
+        await conn.close()
+    shards = itertools.cycle(range(more - 3, more))
+    monkeypatch.setattr(
+        ledger, "pick_system_account", lambda c: ledger.system_account_id(c, next(shards))
+    )
+    for _ in range(3):
+        r = await merchant.pay(1)
+        assert r.status == 201, r.body
+    r = await merchant.payout(2)
+    assert r.status == 201, r.body
