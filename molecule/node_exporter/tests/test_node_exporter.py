@@ -1,11 +1,9 @@
-"""Verifies node_exporter (and cadvisor, without its binary) on a converged lab host."""
+"""Verifies the node_exporter role on a converged lab host (cadvisor: test_cadvisor.py)."""
 
 import re
 import sys
 import textwrap
 from pathlib import Path
-
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
 from exporter_checks import FETCH, families, rule_metric_names, scrape
@@ -67,6 +65,25 @@ def test_serves_the_families_rules_and_dashboards_use(host):
     assert needed - served == set()
 
 
+def test_every_collector_succeeds(host):
+    """On a healthy host NodeCollectorFailed stays quiet: no collector the role
+    leaves on fails here, the systemd one (D-Bus, through the hardened unit) included."""
+    text = metrics(host)
+    results = dict(
+        re.findall(r'^node_scrape_collector_success\{collector="([^"]+)"\} (\S+)$', text, re.M)
+    )
+    assert "systemd" in results and "textfile" in results
+    assert {name for name, value in results.items() if value != "1"} == set()
+
+
+def test_systemd_restart_counts_for_services_only(host):
+    text = metrics(host)
+    restarts = re.findall(r'^node_systemd_service_restart_total\{name="([^"]+)"\} \S+$', text, re.M)
+    assert "prometheus-node-exporter.service" in restarts
+    units = set(re.findall(r'^node_systemd_unit_state\{name="([^"]+)"', text, re.M))
+    assert units and all(unit.endswith(".service") for unit in units), sorted(units)[:5]
+
+
 def test_textfile_directory_permissions(host):
     directory = host.file(TEXTFILE_DIR)
     assert directory.is_directory
@@ -112,57 +129,3 @@ def test_a_broken_textfile_is_reported(host):
 
 def quote(text):
     return "'" + text.replace("'", "'\"'\"'") + "'"
-
-
-# ------------------------------------------------------------------ cadvisor
-
-CADVISOR_UNIT = "/etc/systemd/system/cadvisor.service"
-
-
-def test_cadvisor_user(host):
-    user = host.user("cadvisor")
-    assert user.exists
-    assert user.shell == "/usr/sbin/nologin"
-    assert user.uid < 1000
-
-
-def test_cadvisor_unit_content(host):
-    unit = host.file(CADVISOR_UNIT)
-    assert unit.mode == 0o644
-    text = unit.content_string
-    assert "User=cadvisor" in text
-    exec_start = re.search(r"^ExecStart=(.*)$", text, re.M).group(1).split()
-    assert exec_start[0] == "/usr/local/bin/cadvisor"
-    assert f"--listen_ip={WG}" in exec_start
-    assert "--port=8081" in exec_start
-    for setting in (
-        "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-        "PrivateTmp=yes",
-        "CapabilityBoundingSet=",
-    ):
-        assert re.search(rf"^{re.escape(setting)}$", text, re.M), setting
-
-
-def test_cadvisor_unit_verifies(host):
-    result = host.run(f"systemd-analyze verify {CADVISOR_UNIT}")
-    problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    if not host.file("/usr/local/bin/cadvisor").exists:
-        # The only acceptable complaint: the binary this lab cannot download.
-        problems = [line for line in problems if "/usr/local/bin/cadvisor" not in line]
-    assert problems == []
-
-
-def test_cadvisor_unit_known_to_systemd(host):
-    assert host.check_output("systemctl show cadvisor -p LoadState --value") == "loaded"
-
-
-def test_cadvisor_running_and_serving(host):
-    if not host.file("/usr/local/bin/cadvisor").exists:
-        pytest.skip(
-            "cAdvisor's release binary cannot be downloaded here (cadvisor_install_binary: false)"
-        )
-    assert host.service("cadvisor").is_running
-    assert host.socket(f"tcp://{WG}:8081").is_listening
-    text = host.check_output(f"{FETCH} http://{WG}:8081/metrics")
-    assert "container_cpu_usage_seconds_total" in text
