@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-RULES = Path(__file__).resolve().parent.parent / "roles" / "prometheus" / "templates" / "rules"
+import yaml
+
+PROMETHEUS_ROLE = Path(__file__).resolve().parent.parent / "roles" / "prometheus"
+RULES = PROMETHEUS_ROLE / "templates" / "rules"
 
 # Prints a URL's body from inside the lab host (python3 is in the lab image).
 FETCH = (
@@ -28,3 +31,9 @@ def rule_metric_names(prefix: str) -> set[str]:
     """Names with this prefix that the alert rules (roles/prometheus) use."""
     text = "\n".join(p.read_text() for p in RULES.glob("*.j2"))
     return set(re.findall(rf"\b({prefix}[A-Za-z0-9_]+)", text))
+
+
+def alerted_node_collectors() -> set[str]:
+    """The node-exporter collectors NodeCollectorFailed watches (prometheus role defaults)."""
+    defaults = yaml.safe_load((PROMETHEUS_ROLE / "defaults" / "main.yml").read_text())
+    return set(defaults["prometheus_alert_node_collectors"])
