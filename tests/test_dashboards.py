@@ -403,3 +403,10 @@ def test_dashboard_objectives_are_the_rules_objectives():
         "Requests under 250 ms (30 d)"
     ]["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert {"color": "orange", "value": context["prometheus_slo_latency_objective"]} in latency
+
+
+def test_collector_failures_panel_watches_what_the_alert_watches():
+    host = {p["title"]: p for p in all_panels(load(DASHBOARDS / "host.json"))}
+    expr = host["Collector failures"]["targets"][0]["expr"]
+    collectors = re.search(r'collector=~"([^"]+)"', expr).group(1).split("|")
+    assert collectors == role_context()["prometheus_alert_node_collectors"]
