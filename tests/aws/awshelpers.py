@@ -70,4 +70,6 @@ def tag_filter(deployment: str) -> list[dict]:
 
 
 def tags_of(resource: dict) -> dict[str, str]:
-    return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
+    # Network interfaces list theirs as TagSet.
+    tags = resource.get("Tags", resource.get("TagSet", []))
+    return {tag["Key"]: tag["Value"] for tag in tags}

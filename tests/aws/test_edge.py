@@ -12,7 +12,17 @@ import json
 import subprocess
 
 import pytest
-from awshelpers import ADMIN_CIDRS, REGION, REPO, VENV_BIN, edge_vars, tag_filter, tags_of
+from awshelpers import (
+    ACCOUNT,
+    ADMIN_CIDRS,
+    REGION,
+    REPO,
+    VENV_BIN,
+    edge_vars,
+    tag_filter,
+    tags_of,
+)
+from moto.iam.access_control import IAMPolicy, PermissionResult
 
 # The deployment of inventories/example (its aws_ec2.yml filters on it).
 DEPLOYMENT = "paycore"
@@ -23,6 +33,8 @@ SUBNET_CIDR = "10.40.1.0/24"
 # A route another team added to a second table of the VPC; replace-gateway
 # must repoint it too.
 EXTRA_ROUTE = "172.20.0.0/16"
+TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:{DEPLOYMENT}-alerts"
+ALERTS_USER = f"{DEPLOYMENT}-alertmanager"
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +120,13 @@ def assert_gateway_instance(ec2, instance, image_id, subnet_id, group_id):
     assert tags["paycore:component"] == "gateway"
     assert tags["paycore:deployment"] == DEPLOYMENT
     assert "paycore:replaces" not in tags
+    # The interface the routes name is tagged too (ec2_instance tags only the
+    # instance and its volumes).
+    eni = ec2.describe_network_interfaces(NetworkInterfaceIds=[primary_eni(instance)])
+    eni_tags = tags_of(eni["NetworkInterfaces"][0])
+    assert eni_tags["paycore:deployment"] == DEPLOYMENT
+    assert eni_tags["paycore:component"] == "gateway"
+    assert eni_tags["paycore:managed-by"] == "ansible"
 
 
 # --- provision from empty ------------------------------------------------------------
@@ -184,6 +203,44 @@ def test_provision_elastic_ip_and_alerts_topic(provisioned, aws):
     tags = {t["Key"]: t["Value"] for t in sns.list_tags_for_resource(ResourceArn=arn)["Tags"]}
     assert tags["paycore:deployment"] == DEPLOYMENT
     assert arn in provisioned.stdout  # reported for the Alertmanager configuration
+
+
+def test_provision_alerts_publisher_may_only_publish_to_the_topic(provisioned, aws):
+    iam = aws("iam")
+    user = iam.get_user(UserName=ALERTS_USER)["User"]
+    assert user["Path"] == "/paycore/"
+    assert tags_of(user)["paycore:deployment"] == DEPLOYMENT
+    # Nothing grants it anything but its one inline policy.
+    assert iam.list_user_policies(UserName=ALERTS_USER)["PolicyNames"] == ["publish-alerts"]
+    assert iam.list_attached_user_policies(UserName=ALERTS_USER)["AttachedPolicies"] == []
+    assert iam.list_groups_for_user(UserName=ALERTS_USER)["Groups"] == []
+    with pytest.raises(iam.exceptions.NoSuchEntityException):
+        iam.get_login_profile(UserName=ALERTS_USER)
+    document = iam.get_user_policy(UserName=ALERTS_USER, PolicyName="publish-alerts")[
+        "PolicyDocument"
+    ]
+    if isinstance(document, str):
+        document = json.loads(document)
+    assert document["Statement"] == [
+        {"Sid": "PublishAlerts", "Effect": "Allow", "Action": "sns:Publish", "Resource": TOPIC_ARN}
+    ]
+    # Evaluated as IAM does (moto's evaluator): allowed exactly there.
+    policy = IAMPolicy(json.dumps(document))
+    assert policy.is_action_permitted("sns:Publish", TOPIC_ARN) == PermissionResult.PERMITTED
+    other_topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:someone-elses-topic"
+    denied = [
+        ("sns:Publish", other_topic),
+        ("sns:Publish", "*"),
+        ("sns:Subscribe", TOPIC_ARN),
+        ("sns:SetTopicAttributes", TOPIC_ARN),
+        ("sns:DeleteTopic", TOPIC_ARN),
+        ("sns:ListTopics", "*"),
+        ("secretsmanager:GetSecretValue", "*"),
+        ("iam:CreateAccessKey", "*"),
+        ("ec2:DescribeInstances", "*"),
+    ]
+    for action, resource in denied:
+        assert policy.is_action_permitted(action, resource) != PermissionResult.PERMITTED, action
 
 
 # --- convergence -------------------------------------------------------------------
@@ -328,24 +385,131 @@ def test_provision_after_replace_changes_nothing(replaced, run_playbook, aws_env
     assert run.recap["changed"] == 0, run.stdout
 
 
+# --- failover: the gateway is already dead --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def failed_over(replaced, run_playbook, aws_env, vars_, aws):
+    """The gateway in service dies (terminated, its interface gone as on AWS); replace it."""
+    ec2 = aws("ec2")
+    (dead,) = gateways(ec2)
+    ec2.terminate_instances(InstanceIds=[dead["InstanceId"]])
+    # AWS deletes the primary interface with the instance (moto too, when the
+    # attachment says so); make sure it is gone.
+    eni_filter = [{"Name": "network-interface-id", "Values": [primary_eni(dead)]}]
+    if ec2.describe_network_interfaces(Filters=eni_filter)["NetworkInterfaces"]:
+        ec2.delete_network_interface(NetworkInterfaceId=primary_eni(dead))
+    vpc_id = the_vpc(ec2)["VpcId"]
+    routes = vpc_routes(ec2, vpc_id)
+    dangling = [r for r in routes if r.get("NetworkInterfaceId") == primary_eni(dead)]
+    assert len(dangling) == len(HOMELAB_CIDRS) + 2  # + WireGuard, + the second table's route
+    eip = ec2.describe_addresses(Filters=tag_filter(DEPLOYMENT))["Addresses"][0]["PublicIp"]
+    run = run_playbook("aws-replace-gateway.yml", extra_vars=vars_, env=aws_env).check()
+    return {"old": dead, "eip": eip, "vpc": vpc_id, "run": run}
+
+
+def test_failover_replaces_a_dead_gateway(failed_over, aws, debian_images):
+    ec2 = aws("ec2")
+    new = assert_replaced(ec2, failed_over["old"], failed_over["eip"], failed_over["vpc"])
+    assert "No gateway in service" in failed_over["run"].stdout
+    subnet = ec2.describe_subnets(Filters=tag_filter(DEPLOYMENT))["Subnets"][0]
+    group = ec2.describe_security_groups(Filters=tag_filter(DEPLOYMENT))["SecurityGroups"][0]
+    assert_gateway_instance(ec2, new, debian_images["newest"], subnet["SubnetId"], group["GroupId"])
+
+
+@pytest.fixture(scope="module")
+def resumed(failed_over, run_playbook, aws_env, vars_, aws):
+    """A replacement interrupted after terminating the old gateway, then run again.
+
+    The launch half runs for real; the cutover up to the termination of the
+    old instance is then done by hand, as the interrupted run left it: the
+    Elastic IP and every route on the replacement, the old gateway
+    terminated, the replacement still tagged paycore:replaces.
+    """
+    ec2 = aws("ec2")
+    (old,) = gateways(ec2)
+    run_playbook(
+        "aws-replace-gateway.yml",
+        extra_vars={**vars_, "aws_edge_replace_phase": "launch"},
+        env=aws_env,
+    ).check()
+    (replacement,) = [g for g in gateways(ec2) if g["InstanceId"] != old["InstanceId"]]
+    assert tags_of(replacement)["paycore:replaces"] == old["InstanceId"]
+    eip = ec2.describe_addresses(Filters=tag_filter(DEPLOYMENT))["Addresses"][0]
+    ec2.associate_address(
+        AllocationId=eip["AllocationId"],
+        InstanceId=replacement["InstanceId"],
+        AllowReassociation=True,
+    )
+    vpc_id = the_vpc(ec2)["VpcId"]
+    tables = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
+    for table in tables["RouteTables"]:
+        for route in table["Routes"]:
+            if route.get("NetworkInterfaceId") == primary_eni(old):
+                ec2.replace_route(
+                    RouteTableId=table["RouteTableId"],
+                    DestinationCidrBlock=route["DestinationCidrBlock"],
+                    NetworkInterfaceId=primary_eni(replacement),
+                )
+    ec2.terminate_instances(InstanceIds=[old["InstanceId"]])
+    assert [g["InstanceId"] for g in gateways(ec2)] == [replacement["InstanceId"]]
+    run_playbook("aws-replace-gateway.yml", extra_vars=vars_, env=aws_env).check()
+    return {"old": old, "replacement": replacement, "eip": eip["PublicIp"], "vpc": vpc_id}
+
+
+def test_rerun_after_interruption_finishes_with_the_same_replacement(resumed, aws):
+    ec2 = aws("ec2")
+    new = assert_replaced(ec2, resumed["old"], resumed["eip"], resumed["vpc"])
+    # No other instance was launched: the tagged replacement was picked up.
+    assert new["InstanceId"] == resumed["replacement"]["InstanceId"]
+    launched_since = [
+        g
+        for g in gateways(ec2, states=("pending", "running", "shutting-down", "terminated"))
+        if g["LaunchTime"] > resumed["old"]["LaunchTime"]
+    ]
+    assert [g["InstanceId"] for g in launched_since] == [new["InstanceId"]]
+
+
 # --- teardown ----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def torn_down(replaced, run_playbook, aws_env, vars_):
-    # Secrets of the deployment exist too, so the teardown removes them as well.
+def torn_down(resumed, run_playbook, aws_env, vars_, aws):
+    """Teardown of a deployment that has also things no longer in the configuration."""
+    ec2 = aws("ec2")
+    sns = aws("sns")
+    sm = aws("secretsmanager")
+    # Secrets of the deployment, one of them for a merchant removed since.
     run_playbook(
         "aws-secrets.yml",
-        extra_vars={**vars_, "aws_secrets_merchants": ["acme-shop"]},
+        extra_vars={**vars_, "aws_secrets_merchants": ["acme-shop", "gone-shop"]},
         env=aws_env,
     ).check()
+    tagged = sm.list_secrets(Filters=[{"Key": "tag-value", "Values": [DEPLOYMENT]}])["SecretList"]
+    names = {s["Name"] for s in tagged}
+    assert f"{DEPLOYMENT}/merchants/gone-shop/api_key" in names
+    assert f"{DEPLOYMENT}/alertmanager_sns_credentials" in names
+    # A topic of the deployment under a name no longer configured.
+    deployment_tags = [
+        {"Key": "paycore:deployment", "Value": DEPLOYMENT},
+        {"Key": "paycore:managed-by", "Value": "ansible"},
+    ]
+    sns.create_topic(Name=f"{DEPLOYMENT}-old-alerts", Tags=deployment_tags)
+    # A tagged interface left detached (it would block the subnet's deletion).
+    subnet = ec2.describe_subnets(Filters=tag_filter(DEPLOYMENT))["Subnets"][0]
+    ec2.create_network_interface(
+        SubnetId=subnet["SubnetId"],
+        TagSpecifications=[{"ResourceType": "network-interface", "Tags": deployment_tags}],
+    )
+    # Another deployment's topic and secret stay.
+    other = [{"Key": "paycore:deployment", "Value": "other"}]
+    sns.create_topic(Name="other-alerts", Tags=other)
+    sm.create_secret(Name="other/postgresql_app_password", SecretString="x", Tags=other)
+    enis_before = ec2.describe_network_interfaces(Filters=tag_filter(DEPLOYMENT))
+    assert len(enis_before["NetworkInterfaces"]) >= 2  # the gateway's, the detached one
     return run_playbook(
         "aws-teardown.yml",
-        extra_vars={
-            **vars_,
-            "aws_secrets_merchants": ["acme-shop"],
-            "aws_secrets_recovery_window_days": 0,
-        },
+        extra_vars={**vars_, "aws_secrets_recovery_window_days": 0},
         env=aws_env,
     ).check()
 
@@ -374,6 +538,19 @@ def test_teardown_leaves_nothing_tagged(torn_down, aws):
         Filters=[{"Key": "tag-value", "Values": [DEPLOYMENT]}],
     )["SecretList"]
     assert [s["Name"] for s in secrets] == []
+    iam = aws("iam")
+    users = iam.list_users(PathPrefix="/paycore/")["Users"]
+    assert [
+        u["UserName"]
+        for u in users
+        if {"Key": "paycore:deployment", "Value": DEPLOYMENT}
+        in iam.list_user_tags(UserName=u["UserName"])["Tags"]
+    ] == []
+    # Others' resources are left alone.
+    topics = [t["TopicArn"] for t in sns.list_topics()["Topics"]]
+    assert f"arn:aws:sns:{REGION}:{ACCOUNT}:other-alerts" in topics
+    other = aws("secretsmanager").describe_secret(SecretId="other/postgresql_app_password")
+    assert "DeletedDate" not in other
     # Whatever else the tagging API knows of, apart from terminated instances.
     tagged = aws("resourcegroupstaggingapi").get_resources(
         TagFilters=[{"Key": "paycore:deployment", "Values": [DEPLOYMENT]}]

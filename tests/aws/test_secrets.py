@@ -6,7 +6,8 @@ import json
 import subprocess
 
 import pytest
-from awshelpers import REGION, REPO, VENV_BIN
+import yaml
+from awshelpers import REGION, REPO, VENV_BIN, tags_of
 
 DEPLOYMENT = "sectest"
 PASSWORDS = [
@@ -17,6 +18,21 @@ PASSWORDS = [
 ]
 MERCHANTS = ["acme-shop", "globex"]
 EXISTING = "kept-value-0123456789-do-not-touch"
+# Someone else's tag and resource policy on the secret that existed before.
+FOREIGN_TAGS = {"owner": "dba-team"}
+FOREIGN_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": "secretsmanager:DeleteSecret",
+            "Resource": "*",
+        }
+    ],
+}
+ALERTS_USER = f"{DEPLOYMENT}-alertmanager"
+CREDENTIALS = f"{DEPLOYMENT}/alertmanager_sns_credentials"
 
 
 def secrets_vars(endpoint_url: str) -> dict:
@@ -39,40 +55,88 @@ def values(aws) -> dict[str, str]:
     return {name: sm.get_secret_value(SecretId=name)["SecretString"] for name in names()}
 
 
+def credentials(aws) -> dict[str, str]:
+    return json.loads(aws("secretsmanager").get_secret_value(SecretId=CREDENTIALS)["SecretString"])
+
+
+def report(run) -> dict[str, list[str]]:
+    """The role's closing report: {created, restored, replaced, kept, skipped}."""
+    lines = run.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Report the secrets (names only)" in line)
+    first = next(i for i in range(start, len(lines)) if lines[i].startswith("ok: [localhost]"))
+    end = next(i for i in range(first + 1, len(lines)) if not lines[i].strip())
+    return yaml.safe_load("\n".join(lines[first + 1 : end]))["msg"]
+
+
+def everything_empty_but(found: dict[str, list[str]], **expected: list[str]) -> None:
+    for key in ("created", "restored", "replaced", "kept", "skipped"):
+        assert sorted(found[key]) == sorted(expected.get(key, [])), (key, found)
+
+
 @pytest.fixture(scope="module")
 def first_run(aws, run_playbook, aws_env, endpoint_url):
-    # One secret exists before the first run: it must be kept as it is.
-    aws("secretsmanager").create_secret(
-        Name=f"{DEPLOYMENT}/postgresql_app_password", SecretString=EXISTING
+    sm = aws("secretsmanager")
+    # One secret exists before the first run, with someone else's tag and
+    # resource policy: it must be left exactly as it is.
+    sm.create_secret(
+        Name=f"{DEPLOYMENT}/postgresql_app_password",
+        SecretString=EXISTING,
+        Tags=[{"Key": k, "Value": v} for k, v in FOREIGN_TAGS.items()],
     )
+    sm.put_resource_policy(
+        SecretId=f"{DEPLOYMENT}/postgresql_app_password",
+        ResourcePolicy=json.dumps(FOREIGN_POLICY),
+    )
+    # The IAM user aws-provision.yml would have made for Alertmanager.
+    aws("iam").create_user(UserName=ALERTS_USER, Path="/paycore/")
     # -vvv shows module arguments and results: the strictest check for leaks.
     run = run_playbook(
         "aws-secrets.yml", "-vvv", extra_vars=secrets_vars(endpoint_url), env=aws_env
     ).check()
-    return run, values(aws)
+    return run, values(aws) | {CREDENTIALS: json.dumps(credentials(aws))}
 
 
 def test_creates_missing_and_keeps_existing(first_run, aws):
     run, created = first_run
     assert created[f"{DEPLOYMENT}/postgresql_app_password"] == EXISTING
     for name, value in created.items():
-        if name.endswith("postgresql_app_password"):
+        if name.endswith(("postgresql_app_password", "alertmanager_sns_credentials")):
             continue
         expected = 40 if "/merchants/" in name else 32
         assert len(value) == expected and value.isalnum(), name
     assert len(set(created.values())) == len(created)  # all generated independently
-    described = aws("secretsmanager").describe_secret(
-        SecretId=f"{DEPLOYMENT}/grafana_admin_password"
-    )
-    tags = {t["Key"]: t["Value"] for t in described["Tags"]}
-    assert tags["paycore:deployment"] == DEPLOYMENT
+    sm = aws("secretsmanager")
+    described = sm.describe_secret(SecretId=f"{DEPLOYMENT}/grafana_admin_password")
+    assert tags_of(described)["paycore:deployment"] == DEPLOYMENT
     assert run.recap["changed"] >= 1
+    # The existing secret: reported as kept, its tags and policy untouched.
+    existing = f"{DEPLOYMENT}/postgresql_app_password"
+    everything_empty_but(
+        report(run),
+        created=[n for n in names() if n != existing] + [CREDENTIALS],
+        kept=[existing],
+    )
+    assert tags_of(sm.describe_secret(SecretId=existing)) == FOREIGN_TAGS
+    policy = sm.get_resource_policy(SecretId=existing)["ResourcePolicy"]
+    assert json.loads(policy) == FOREIGN_POLICY
+
+
+def test_alertmanager_credentials_are_a_live_key_of_the_user(first_run, aws):
+    stored = credentials(aws)
+    keys = aws("iam").list_access_keys(UserName=ALERTS_USER)["AccessKeyMetadata"]
+    assert [(k["AccessKeyId"], k["Status"]) for k in keys] == [(stored["access_key_id"], "Active")]
+    assert len(stored["secret_access_key"]) >= 20
+    tags = tags_of(aws("secretsmanager").describe_secret(SecretId=CREDENTIALS))
+    assert tags["paycore:access-key-id"] == stored["access_key_id"]
+    assert tags["paycore:deployment"] == DEPLOYMENT
 
 
 def test_no_secret_value_in_output(first_run):
     run, created = first_run
     for name, value in created.items():
         assert value not in run.output, f"value of {name} printed"
+    secret_key = json.loads(created[CREDENTIALS])["secret_access_key"]
+    assert secret_key not in run.output
     # The report names what was created, without values.
     assert f"{DEPLOYMENT}/grafana_admin_password" in run.stdout
 
@@ -83,22 +147,54 @@ def test_second_run_keeps_everything(first_run, aws, run_playbook, aws_env, endp
         "aws-secrets.yml", "-v", extra_vars=secrets_vars(endpoint_url), env=aws_env
     ).check()
     assert run.recap["changed"] == 0, run.stdout
-    assert values(aws) == created
+    assert values(aws) | {CREDENTIALS: json.dumps(credentials(aws))} == created
+    everything_empty_but(report(run), kept=[*names(), CREDENTIALS])
     for value in created.values():
         assert value not in run.output
 
 
-def test_new_merchant_gets_a_key_others_unchanged(
+def test_later_run_creates_new_restores_deleted(
     first_run, aws, run_playbook, aws_env, endpoint_url
 ):
+    """A new merchant gets a key; a secret scheduled for deletion comes back with its value."""
     _, created = first_run
-    extra = secrets_vars(endpoint_url) | {"aws_secrets_merchants": [*MERCHANTS, "initech"]}
-    run_playbook("aws-secrets.yml", extra_vars=extra, env=aws_env).check()
-    assert values(aws) == created
-    new = aws("secretsmanager").get_secret_value(
-        SecretId=f"{DEPLOYMENT}/merchants/initech/api_key"
-    )["SecretString"]
+    sm = aws("secretsmanager")
+    deleted = f"{DEPLOYMENT}/grafana_admin_password"
+    sm.delete_secret(SecretId=deleted, RecoveryWindowInDays=7)
+    extra = secrets_vars(endpoint_url) | {
+        "aws_secrets_merchants": [*MERCHANTS, "initech"],
+        # No such IAM user: its credentials are skipped, with a message.
+        "aws_secrets_alertmanager_sns_user": f"{DEPLOYMENT}-no-such-user",
+    }
+    run = run_playbook("aws-secrets.yml", extra_vars=extra, env=aws_env).check()
+    assert "DeletedDate" not in sm.describe_secret(SecretId=deleted)
+    assert values(aws) == {k: v for k, v in created.items() if k != CREDENTIALS}
+    new = sm.get_secret_value(SecretId=f"{DEPLOYMENT}/merchants/initech/api_key")["SecretString"]
     assert len(new) == 40
+    everything_empty_but(
+        report(run),
+        created=[f"{DEPLOYMENT}/merchants/initech/api_key"],
+        restored=[deleted],
+        kept=[n for n in names() if n != deleted],
+        skipped=[CREDENTIALS],
+    )
+    assert "run playbooks/aws-provision.yml" in run.stdout
+
+
+def test_revoked_access_key_is_replaced(first_run, aws, run_playbook, aws_env, endpoint_url):
+    _, created = first_run
+    iam = aws("iam")
+    old = json.loads(created[CREDENTIALS])
+    iam.delete_access_key(UserName=ALERTS_USER, AccessKeyId=old["access_key_id"])
+    run = run_playbook(
+        "aws-secrets.yml", "-vvv", extra_vars=secrets_vars(endpoint_url), env=aws_env
+    ).check()
+    everything_empty_but(report(run), replaced=[CREDENTIALS], kept=names())
+    stored = credentials(aws)
+    assert stored["access_key_id"] != old["access_key_id"]
+    keys = iam.list_access_keys(UserName=ALERTS_USER)["AccessKeyMetadata"]
+    assert [k["AccessKeyId"] for k in keys] == [stored["access_key_id"]]
+    assert stored["secret_access_key"] not in run.output
 
 
 def read_secrets(run_playbook, env, tmp_path, extra_vars, *args):
