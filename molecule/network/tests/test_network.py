@@ -522,6 +522,7 @@ def test_edge_fails_over_fast_when_a_backend_host_vanishes():
     finally:
         docker("unpause", "paycore-network-peer2")
     summary = [(status, round(seconds, 2)) for status, seconds, _ in results]
+    print("failover (status, seconds):", summary)
     assert [status for status, _, _ in results] == [200] * 20, summary
     assert {json.loads(body)["server"] for _, _, body in results} == {PEER_WG}
     seconds = [s for _, s, _ in results]
