@@ -3,7 +3,11 @@ split adds to molecule/postgresql (both on one host)."""
 
 import json
 import os
+import re
 import shlex
+import subprocess
+import tarfile
+import time
 import uuid
 from pathlib import Path
 
@@ -135,3 +139,169 @@ def test_reconcile_on_the_ledger_host_checks_the_remote_database():
     metrics = app.file("/var/lib/prometheus/node-exporter/paycore_reconcile.prom").content_string
     assert "paycore_reconcile_ok 1" in metrics
     assert int(db_query("SELECT count(*) FROM reconcile_runs")) >= 1
+
+
+def unit_property(host, unit, name):
+    return host.check_output(f"systemctl show {unit} -p {name} --value").strip()
+
+
+def test_reconcile_timer_fires_on_its_own():
+    # First run 20 s after the timer starts in this scenario (5 min by default).
+    deadline = time.monotonic() + 180
+    timer, service = "paycore-ledger-reconcile.timer", "paycore-ledger-reconcile.service"
+    while time.monotonic() < deadline:
+        fired = unit_property(app, timer, "LastTriggerUSec") not in ("", "n/a", "0")
+        if fired and unit_property(app, service, "ActiveState") != "activating":
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"{timer} did not fire within 180 s")
+    assert unit_property(app, service, "Result") == "success", app.run(
+        f"journalctl -u {service} -n 30 --no-pager"
+    ).stdout
+
+
+def test_both_units_start_after_the_wireguard_interface_they_listen_on():
+    dropin = "/etc/systemd/system/postgresql@15-main.service.d/paycore-wireguard.conf"
+    assert db.file(dropin).contains("^After=wg-quick@wg0.service$")
+    assert "wg-quick@wg0.service" in unit_property(db, "postgresql@15-main", "After")
+    assert "wg-quick@wg0.service" in unit_property(db, "postgresql@15-main", "Wants")
+    assert "wg-quick@wg0.service" in unit_property(app, "paycore-ledger", "After")
+    assert unit_property(app, "paycore-ledger", "StartLimitIntervalUSec") in ("0", "infinity")
+
+
+def test_max_connections_are_sized_for_the_ledger_hosts():
+    # One ledger host: 2 workers x pool of 10, + 2 for one-off commands, + 20 reserved.
+    assert db_query("SHOW max_connections") == str(2 * 10 + 2 + 20)
+
+
+def test_reconcile_writes_only_its_own_metrics_file():
+    textfile = "/var/lib/prometheus/node-exporter"
+    link = app.file(f"{textfile}/paycore_reconcile.prom")
+    assert link.is_symlink
+    assert link.linked_to == f"{textfile}/paycore-ledger/paycore_reconcile.prom"
+    assert app.file(f"{textfile}/paycore-ledger").user == "paycore-ledger"
+    forged = app.run(f"runuser -u paycore-ledger -- touch {textfile}/paycore_backup.prom")
+    assert forged.rc != 0
+    assert not app.exists("getfacl") or "user:paycore-ledger" not in app.check_output(
+        f"getfacl -cp {textfile}"
+    )
+
+
+def test_wheels_were_fetched_for_the_hosts_python_and_platform():
+    """Dependency wheels are the host's (CPython 3.11, x86_64, glibc 2.36 here),
+    fetched binary-only whatever the controller's Python."""
+    probe = app.check_output(
+        "python3 -c 'import os, platform, sys;"
+        ' print("cp%d%d-%s-%s" % (*sys.version_info[:2], platform.machine(),'
+        ' os.confstr("CS_GNU_LIBC_VERSION").replace(" ", "")))\''
+    )
+    wheelhouse = Path.home() / ".cache/paycore/wheelhouse"
+    builds = sorted(wheelhouse.glob(f"*-{probe}.tar"), key=lambda p: p.stat().st_mtime)
+    assert builds, f"no build for {probe} in {wheelhouse}"
+    with tarfile.open(builds[-1]) as archive:
+        wheels = [Path(name).name for name in archive.getnames() if name.endswith(".whl")]
+    python_tag = probe.split("-")[0]
+    for wheel in wheels:
+        tags = wheel[: -len(".whl")].split("-")[-3:]
+        assert tags[0] in ("py3", python_tag) or tags[1] == "abi3", wheel
+        assert tags[2] == "any" or "manylinux" in tags[2], wheel
+    assert any(w.startswith("asyncpg-") for w in wheels), wheels
+
+
+def ansible(*args, timeout=600):
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not inventory:
+        pytest.skip("needs Molecule's inventory (run through `molecule verify`)")
+    command = ["ansible-playbook", "-i", inventory, *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_host_with_too_old_a_python_is_refused_early():
+    fake = "/usr/local/bin/python3.10-molecule"
+    probe = {"version": [3, 10], "implementation": "cpython", "machine": "x86_64"}
+    script = f"#!/bin/sh\necho {shlex.quote(json.dumps({**probe, 'libc': 'glibc 2.35'}))}\n"
+    app.check_output(f"printf '%s' {shlex.quote(script)} > {fake} && chmod 0755 {fake}")
+    try:
+        rc, output = ansible(
+            str(SCENARIO / "converge.yml"),
+            "--limit",
+            "paycore-ledger_service-app",
+            "-e",
+            f"ledger_service_python={fake}",
+        )
+    finally:
+        app.run(f"rm -f {fake}")
+    assert rc != 0
+    assert "cannot run the ledger service: it needs CPython 3.11 or newer" in output, output[-3000:]
+    # It stopped at the check: nothing was built, copied or restarted.
+    assert "Build the wheelhouse" not in output
+
+
+def test_migrations_run_once_per_play_run_also_with_serial(tmp_path):
+    """Two inventory names for the ledger host, one at a time (serial: 1):
+    the migrations run on the first only."""
+    again = "paycore-ledger_service-app-again"
+    extra = tmp_path / "again.yml"
+    extra.write_text(
+        yaml.safe_dump(
+            {
+                "ledger": {
+                    "hosts": {
+                        again: {
+                            "ansible_connection": "community.docker.docker",
+                            "ansible_host": "paycore-ledger_service-app",
+                        }
+                    }
+                }
+            }
+        )
+    )
+    play = tmp_path / "migrate.yml"
+    play.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Migrate, one host at a time",
+                    "hosts": "ledger",
+                    "serial": 1,
+                    "gather_facts": False,
+                    "tasks": [
+                        {
+                            "name": "Migrate",
+                            "ansible.builtin.include_role": {
+                                "name": "ledger_service",
+                                "tasks_from": "migrate",
+                            },
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    rc, output = ansible("-i", str(extra), str(play))
+    assert rc == 0, output[-3000:]
+    assert re.search(r"^ok: \[paycore-ledger_service-app\]", output, re.M), output[-3000:]
+    assert re.search(rf"^skipping: \[{again}\]", output, re.M), output[-3000:]
+
+
+def test_no_secret_in_any_ansible_output():
+    """The scenario's every Ansible run, from the first converge (with all its
+    changes, -v and --diff) on, is logged (ANSIBLE_LOG_PATH, molecule.yml)."""
+    log_path = os.environ.get("ANSIBLE_LOG_PATH")
+    if not log_path or not Path(log_path).is_file():
+        pytest.skip("needs the scenario's Ansible log (run through `molecule verify`)")
+    log = Path(log_path).read_text(errors="replace")
+    converge = log.find("PLAY [Converge the database host]")
+    assert converge >= 0, "the converge is not in the log"
+    first_recap = re.search(r"PLAY RECAP.*?changed=(\d+)", log[converge:], re.S)
+    assert first_recap and int(first_recap.group(1)) > 0, "the first converge changed nothing?"
+    secrets = [
+        SECRETS["postgresql_migrator_password"],
+        SECRETS["postgresql_app_password"],
+        SECRETS["postgresql_monitor_password"],
+        API_KEY,
+    ]
+    for value in secrets:
+        assert value not in log
