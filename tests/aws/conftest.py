@@ -20,6 +20,8 @@ from pathlib import Path
 import boto3
 import pytest
 from awshelpers import ANSIBLE_CFG, FAKE_CREDENTIALS, REGION, REPO, VENV_BIN, Run
+from moto.core.responses import ActionResult
+from moto.iam.responses import IamResponse
 from moto.server import ThreadedMotoServer
 
 
@@ -29,9 +31,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _list_service_specific_credentials(self: IamResponse) -> ActionResult:
+    """IAM ListServiceSpecificCredentials, which moto lacks: a user has none here.
+
+    amazon.aws.iam_user (state=absent) lists them before deleting a user.
+    """
+    self.backend.get_user(self._get_param("UserName"))  # NoSuchEntity as on AWS
+    return ActionResult({"ServiceSpecificCredentials": []})
+
+
 @pytest.fixture(scope="session")
 def endpoint_url() -> Iterator[str]:
     """Start moto on loopback for the session and return its URL."""
+    if not hasattr(IamResponse, "list_service_specific_credentials"):
+        IamResponse.list_service_specific_credentials = _list_service_specific_credentials
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

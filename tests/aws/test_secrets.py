@@ -230,7 +230,10 @@ def test_example_inventory_reads_secrets_manager(
     assert resolved["ledger_service_bootstrap_merchants"] == [
         {"name": m, "api_key": created[f"{DEPLOYMENT}/merchants/{m}/api_key"]} for m in MERCHANTS
     ]
-    for value in created.values():
+    stored = credentials(aws)
+    assert resolved["alertmanager_sns_access_key"] == stored["access_key_id"]
+    assert resolved["alertmanager_sns_secret_key"] == stored["secret_access_key"]
+    for value in [*created.values(), stored["secret_access_key"]]:
         assert value not in run.output
 
 
@@ -238,6 +241,8 @@ def test_example_inventory_reads_vault(run_playbook, base_env, tmp_path):
     """With the default backend the same variables come from an encrypted vault file."""
     clear = {f"vault_{p}": f"vault-{p}-value" for p in PASSWORDS}
     clear["vault_ledger_service_bootstrap_merchants"] = [{"name": "acme-shop", "api_key": "k" * 40}]
+    clear["vault_alertmanager_sns_access_key"] = "vault-AKIA-value"
+    clear["vault_alertmanager_sns_secret_key"] = "vault-sns-secret-value"
     password_file = tmp_path / "vault-pass"
     password_file.write_text("test-vault-password\n")
     vault_file = tmp_path / "vault.yml"
@@ -271,3 +276,5 @@ def test_example_inventory_reads_vault(run_playbook, base_env, tmp_path):
         resolved["ledger_service_bootstrap_merchants"]
         == clear["vault_ledger_service_bootstrap_merchants"]
     )
+    assert resolved["alertmanager_sns_access_key"] == "vault-AKIA-value"
+    assert resolved["alertmanager_sns_secret_key"] == "vault-sns-secret-value"
