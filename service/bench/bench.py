@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -82,8 +83,44 @@ def wrk(base: str, api_keys: list[str], clients: int, duration: float, get_path:
     return figures
 
 
+def children_cpu() -> float:
+    """User + system CPU of this script's finished child processes (wrk, pgbench)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_queue_wait(root_pid: int) -> float:
+    """Seconds the process tree's live tasks spent runnable but waiting for a CPU
+    (/proc/PID/schedstat): on a shared machine, how much CPU others took."""
+    total = 0.0
+    for pid in descendants(root_pid):
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def descendants(root_pid: int) -> list[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except OSError:
+                continue
+    found, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return found
+
+
 def cpu_seconds(root_pid: int) -> float:
-    """User + system CPU time of a process and its live descendants."""
+    """User + system CPU time of a process and its descendants (live or reaped)."""
     tick = os.sysconf("SC_CLK_TCK")
     parents, times = {}, {}
     for entry in Path("/proc").iterdir():
@@ -95,6 +132,8 @@ def cpu_seconds(root_pid: int) -> float:
             continue
         parents[int(entry.name)] = int(fields[1])
         times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+        if int(entry.name) == root_pid:  # plus its children already reaped
+            times[root_pid] += (int(fields[13]) + int(fields[14])) / tick
     total, todo = 0.0, [root_pid]
     while todo:
         pid = todo.pop()
@@ -296,11 +335,18 @@ def main() -> int:
         keys = [asyncio.run(setup_merchant(owner_url, base))[0] for _ in range(scale)]
         for clients in client_counts:
             wrk(base, keys, clients, 2)  # warm-up
-            cpu_before = cpu_seconds(server.pid), cpu_seconds(cluster.postmaster_pid())
+            before = cpu_seconds(server.pid), cpu_seconds(cluster.postmaster_pid()), children_cpu()
+            waited = run_queue_wait(server.pid)
             run = wrk(base, keys, clients, args.duration)
-            service_cpu = cpu_seconds(server.pid) - cpu_before[0]
-            database_cpu = cpu_seconds(cluster.postmaster_pid()) - cpu_before[1]
+            waited = run_queue_wait(server.pid) - waited
+            service_cpu = cpu_seconds(server.pid) - before[0]
+            database_cpu = cpu_seconds(cluster.postmaster_pid()) - before[1]
+            wrk_cpu = children_cpu() - before[2]
+            before = cpu_seconds(cluster.postmaster_pid()), children_cpu()
             tps = pgbench(cluster, clients, args.duration)
+            time.sleep(1)  # let the postmaster reap pgbench's backends (their CPU)
+            tpcb_database_cpu = cpu_seconds(cluster.postmaster_pid()) - before[0]
+            tpcb_client_cpu = children_cpu() - before[1]
             print(
                 f"clients={clients:3d} accounts={scale:3d}  payments/s={run['rate']:7.1f}"
                 f"  p50={run['p50_ms']:6.1f}ms  p99={run['p99_ms']:6.1f}ms"
@@ -308,9 +354,20 @@ def main() -> int:
                 f"  | pgbench TPC-B (-s {scale}) tps={tps:7.1f}"
                 f"  ratio={run['rate'] / tps:.2f}x"
             )
+            done = max(run["ok"], 1)
+            payment_cpu = (wrk_cpu + service_cpu + database_cpu) / done
+            tpcb_cpu = (tpcb_client_cpu + tpcb_database_cpu) / (tps * args.duration)
             print(
-                f"    CPU per payment: service {service_cpu / max(run['ok'], 1) * 1000:.2f} ms,"
-                f" PostgreSQL {database_cpu / max(run['ok'], 1) * 1000:.2f} ms"
+                f"    CPU per payment: wrk {wrk_cpu / done * 1000:.2f} + service"
+                f" {service_cpu / done * 1000:.2f} + PostgreSQL {database_cpu / done * 1000:.2f}"
+                f" = {payment_cpu * 1000:.2f} ms | per TPC-B transaction: pgbench"
+                f" {tpcb_client_cpu / (tps * args.duration) * 1000:.2f} + PostgreSQL"
+                f" {tpcb_database_cpu / (tps * args.duration) * 1000:.2f}"
+                f" = {tpcb_cpu * 1000:.2f} ms | CPU ratio {tpcb_cpu / payment_cpu:.2f}x"
+            )
+            print(
+                f"    service workers waited for a CPU {waited / args.workers:.1f} of"
+                f" {args.duration} s each (machine load {os.getloadavg()[0]:.1f})"
             )
         if args.throughput_only:
             return 0

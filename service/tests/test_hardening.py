@@ -3,6 +3,7 @@ and the database enforces what the application promises."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import uuid
@@ -14,6 +15,7 @@ from conftest import make_settings
 from paycore_ledger import ledger, migrations
 from paycore_ledger.app import create_app
 from paycore_ledger.handlers.common import DB_KEY
+from paycore_ledger.problems import Problem
 from test_api import assert_problem
 
 # ---- strings the database cannot store ----------------------------------------------
@@ -276,3 +278,52 @@ async def test_more_shards_after_migrate_are_usable(database, merchant, monkeypa
         assert r.status == 201, r.body
     r = await merchant.payout(2)
     assert r.status == 201, r.body
+
+
+# ---- the worker's connection pool ------------------------------------------------------
+
+
+async def test_pool_bounded_shared_and_recovers_slots(database, monkeypatch):
+    from paycore_ledger import db as dbmod
+
+    monkeypatch.setattr(dbmod, "ACQUIRE_TIMEOUT_S", 0.5)
+    pool = dbmod.Database(make_settings(database.app_url, db_pool_max=2, db_pool_min=0))
+    try:
+
+        async def use(seconds: float) -> int:
+            async with pool.connection() as conn:
+                return await conn.fetchval("SELECT 1 FROM pg_sleep($1)", seconds)
+
+        # Ten requests over two connections: the waiters are served in turn.
+        assert await asyncio.gather(*(use(0.02) for _ in range(10))) == [1] * 10
+        assert pool.stats() == (2, 0)
+        # Both held longer than the acquire timeout: the third answers 503.
+        held = [asyncio.create_task(use(1.0)) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        with pytest.raises(Problem) as problem:
+            await use(0)
+        assert problem.value.status == 503
+        await asyncio.gather(*held)
+
+        # A connection left inside a transaction, or interrupted mid-query, is
+        # closed, never handed to the next request; its slot is reused.
+        async with pool.connection() as conn:
+            await conn.execute("BEGIN")
+            left_open = conn
+        assert left_open.is_closed()
+        task = asyncio.create_task(use(5))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await asyncio.gather(*(use(0) for _ in range(4))) == [1] * 4
+        assert pool.stats()[0] <= 2
+
+        # Idle connections past their lifetime are closed.
+        monkeypatch.setattr(dbmod, "MAX_IDLE_S", 0.0)
+        pool.trim()
+        assert pool.stats() == (0, 0)
+        assert await use(0) == 1
+    finally:
+        await pool.close()
+    assert pool.stats() == (0, 0)

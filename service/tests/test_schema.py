@@ -167,3 +167,71 @@ async def test_system_accounts_are_sharded(merchant, owner_conn):
         " WHERE a.kind = 'system' AND a.currency = 'EUR'"
     )
     assert used > 4
+
+
+async def test_entries_reference_existing_accounts_and_transactions(merchant, owner_conn):
+    """sql/0006: the posting triggers, not foreign keys, check an entry's account
+    and journal transaction, and neither can go away afterwards."""
+    account = await merchant.open_account()
+
+    async def post(tx_id, accounts):
+        async with owner_conn.transaction():
+            if tx_id is None:
+                tx_id = await owner_conn.fetchval(
+                    "INSERT INTO journal_transactions (kind, source_id, currency)"
+                    " VALUES ('payment', 'pay_x', 'NGN') RETURNING id"
+                )
+            await owner_conn.execute(
+                "INSERT INTO entries (transaction_id, account_id, direction, amount)"
+                " VALUES ($1, $2, 'credit', 5), ($1, $3, 'debit', 5)",
+                tx_id,
+                *accounts,
+            )
+
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="acct_missing"):
+        await post(None, (account, "acct_missing"))
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="journal transaction"):
+        await post(987654321, (account, "acct_sys_ngn_00"))
+    assert await merchant.balance(account) == 0
+
+    await merchant.pay(10)
+    for statement in (
+        "DELETE FROM accounts WHERE id = $1",
+        "UPDATE accounts SET currency = 'USD' WHERE id = $1",
+        "UPDATE accounts SET id = 'acct_renamed' WHERE id = $1",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permanent"):
+            await owner_conn.execute(statement, account)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permanent"):
+        await owner_conn.execute("DELETE FROM merchants WHERE id = $1", merchant.merchant_id)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permanent"):
+        await owner_conn.execute("TRUNCATE accounts CASCADE")
+    assert await merchant.balance(account) == 10
+
+
+async def test_payment_account_must_be_the_merchants_own(new_merchant, owner_conn):
+    a, b = await new_merchant(), await new_merchant()
+    account_b = await b.open_account()
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await owner_conn.execute(
+            "INSERT INTO payments (id, merchant_id, account_id, amount, currency, status)"
+            " VALUES ('pay_cross', $1, $2, 5, 'NGN', 'requires_review')",
+            a.merchant_id,
+            account_b,
+        )
+
+
+async def test_failed_posting_stores_no_idempotency_answer(merchant, monkeypatch, owner_conn):
+    """ledger_pay writes the key with its answer before posting: a failure later in
+    the statement must roll the key back with everything else."""
+    account = await merchant.open_account()
+    monkeypatch.setattr(ledger, "pick_system_account", lambda currency: "acct_sys_missing")
+    r = await merchant.pay(25, idem="fails-then-works")
+    assert r.status == 500 and r.code == "internal_error"
+    assert not await owner_conn.fetchval(
+        "SELECT count(*) FROM idempotency_keys WHERE merchant_id = $1", merchant.merchant_id
+    )
+    monkeypatch.undo()
+    r = await merchant.pay(25, idem="fails-then-works")
+    assert r.status == 201 and "Idempotent-Replayed" not in r.headers
+    assert await merchant.balance(account) == 25

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import re
 import time
-import uuid
 
 import asyncpg
 from aiohttp import web
@@ -17,13 +17,14 @@ from .config import Settings
 from .db import UNAVAILABLE_ERRORS, Database, timed_out, unavailable
 from .handlers import accounts, payments, payouts, system
 from .handlers.common import DB_KEY, SETTINGS_KEY
-from .logs import merchant_id_var, request_id_var
+from .logs import merchant_id_var, operation_var, request_id_var
 from .problems import Problem
 from .validation import MAX_BODY_BYTES
 
 log = logging.getLogger("paycore.http")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _POOL_TASK = web.AppKey("pool_task", asyncio.Task)
+_STATUS = {code: str(code) for code in range(100, 600)}  # label strings, made once
 
 
 def route_template(request: web.Request) -> str:
@@ -52,9 +53,10 @@ def _http_problem(exc: web.HTTPException) -> Problem:
 async def observe(request: web.Request, handler) -> web.StreamResponse:
     """Request id, problem+json for every error, metrics and one access log line."""
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID_RE.match(incoming) else f"{random.getrandbits(128):032x}"
     token = request_id_var.set(request_id)
     merchant_token = merchant_id_var.set(None)
+    operation_token = operation_var.set(None)
     started = time.perf_counter()
     try:
         try:
@@ -96,28 +98,35 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
         response.headers["X-Request-Id"] = request_id
         elapsed = time.perf_counter() - started
         route = route_template(request)
-        labels = (request.method, route, str(response.status))
-        metrics.HTTP_REQUESTS.labels(*labels).inc()
-        metrics.HTTP_DURATION.labels(*labels).observe(elapsed)
-        if route not in ("/metrics", "/healthz", "/readyz") or response.status >= 500:
-            log.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "route": route,
-                    "status": response.status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
+        status = response.status
+        metrics.child(metrics.HTTP_REQUESTS, request.method, route, _STATUS[status]).inc()
+        metrics.child(metrics.HTTP_DURATION, request.method, route, _STATUS[status]).observe(
+            elapsed
+        )
+        if (route not in ("/metrics", "/healthz", "/readyz") or status >= 500) and log.isEnabledFor(
+            logging.INFO
+        ):
+            fields = {
+                "method": request.method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+            }
+            operation = operation_var.get()
+            if operation:
+                fields.update(operation)
+            log.info("request", extra=fields)
         return response
     finally:
         request_id_var.reset(token)
         merchant_id_var.reset(merchant_token)
+        operation_var.reset(operation_token)
 
 
 async def _pool_gauges(app: web.Application) -> None:
     metrics.DB_POOL_MAX.set(app[SETTINGS_KEY].db_pool_max)
     while True:
+        app[DB_KEY].trim()
         system.update_pool_gauges(app)
         await asyncio.sleep(2)
 

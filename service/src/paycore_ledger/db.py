@@ -1,12 +1,23 @@
-"""asyncpg pool that survives the database going away and coming back."""
+"""Database connections for one worker: a small pool that survives the database
+going away and coming back.
+
+Not asyncpg's Pool: its release runs in a task of its own (asyncio.shield)
+under a timeout, and its acquire goes through an asyncio.Queue, a few dozen
+Python calls and an extra event-loop turn per request on the hot path
+(service/README.md, benchmark). Handing out and taking back a connection here
+is a list pop/append. Handlers never change session state (only SET LOCAL
+inside transactions, no LISTEN, no advisory locks, no prepared statements of
+their own), so a connection is reusable unless it is closed, still inside a
+transaction or was interrupted mid-query; those are closed, never reused.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -28,6 +39,8 @@ log = logging.getLogger("paycore.db")
 
 ACQUIRE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
+MAX_IDLE_S = 300.0  # idle connections older than this are closed (trim)
+CLOSE_TIMEOUT_S = 10.0
 
 
 def unavailable() -> Problem:
@@ -58,70 +71,119 @@ def server_settings(settings: Settings) -> dict[str, str]:
     }
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool reset hook. Handlers never change session state (only SET LOCAL inside
-    transactions, no LISTEN, no advisory locks), so asyncpg's default RESET ALL
-    round trip on every release is skipped; open transactions are still ended."""
-
-
 class Database:
-    """Owns the pool; creates it lazily so the service starts while PG is down."""
+    """The worker's connections to PostgreSQL, opened on demand (so the service
+    starts while the database is down), at most `db_pool_max` of them."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._pool: asyncpg.Pool | None = None
-        self._lock = asyncio.Lock()
+        self._max = settings.db_pool_max
+        self._idle: list[tuple[asyncpg.Connection, float]] = []  # LIFO: warm first
+        self._size = 0  # open connections, plus those being opened
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._closed = False
         self._last_warning = -10.0
 
-    async def pool(self) -> asyncpg.Pool:
-        if self._pool is not None:
-            return self._pool
-        async with self._lock:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    self._settings.require_database_url(),
-                    min_size=0,
-                    max_size=self._settings.db_pool_max,
-                    timeout=CONNECT_TIMEOUT_S,
-                    max_inactive_connection_lifetime=300,
-                    server_settings=server_settings(self._settings),
-                    reset=_keep_session,
-                )
-            return self._pool
+    def connection(self) -> _Lease:
+        """`async with db.connection() as conn`: a connection for this request; an
+        unreachable database -> Problem 503, a statement timeout -> 503 too."""
+        return _Lease(self)
 
     async def warm_up(self) -> None:
         """Open db_pool_min connections if the database is there; never fails."""
-        with contextlib.suppress(*UNAVAILABLE_ERRORS):
-            pool = await self.pool()
-            conns = [
-                await pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
-                for _ in range(self._settings.db_pool_min)
-            ]
-            for conn in conns:
-                await pool.release(conn)
+        conns = []
+        with contextlib.suppress(Exception):
+            for _ in range(self._settings.db_pool_min):
+                conns.append(await self._acquire())
+        for conn in conns:
+            self._release(conn, reusable=True)
 
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; unreachable database -> Problem 503."""
+    async def _acquire(self) -> asyncpg.Connection:
+        if self._closed:
+            raise unavailable()
+        while self._idle:
+            conn, _ = self._idle.pop()
+            if not conn.is_closed():
+                return conn
+            self._size -= 1
+        if self._size < self._max:
+            self._size += 1
+            return await self._open()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            pool = await self.pool()
-            conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
-        except UNAVAILABLE_ERRORS:
-            raise unavailable() from None
-        except Exception as exc:
-            # Reached but refused: login, missing database, bad connection
-            # options. Still "unavailable" to the client, and worth a log line.
-            self._warn_refused(exc)
-            raise unavailable() from None
+            async with asyncio.timeout(ACQUIRE_TIMEOUT_S):
+                conn = await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Handed a connection (or a slot) just as we gave up: pass it on.
+                handed = waiter.result()
+                if handed is None:
+                    self._size -= 1
+                    self._free_slot()
+                else:
+                    self._release(handed, reusable=True)
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise unavailable() from None
+            raise
+        # None: a slot was freed for us (size already counts it); open one.
+        return conn if conn is not None else await self._open()
+
+    async def _open(self) -> asyncpg.Connection:
+        """Open a connection for a slot already counted in _size."""
         try:
-            yield conn
-        except asyncpg.QueryCanceledError:  # class 57 like OperatorIntervention: first
-            raise timed_out() from None
-        except UNAVAILABLE_ERRORS:
-            raise unavailable() from None
-        finally:
-            with contextlib.suppress(*UNAVAILABLE_ERRORS):
-                await pool.release(conn)
+            return await asyncpg.connect(
+                self._settings.require_database_url(),
+                timeout=CONNECT_TIMEOUT_S,
+                server_settings=server_settings(self._settings),
+            )
+        except BaseException as exc:
+            self._size -= 1
+            self._free_slot()
+            if isinstance(exc, UNAVAILABLE_ERRORS):
+                raise unavailable() from None
+            if isinstance(exc, Exception):
+                # Reached but refused: login, missing database, bad options.
+                # Still "unavailable" to the client, and worth a log line.
+                self._warn_refused(exc)
+                raise unavailable() from None
+            raise
+
+    def _release(self, conn: asyncpg.Connection, reusable: bool) -> None:
+        if not reusable or self._closed or conn.is_closed() or conn.is_in_transaction():
+            if not conn.is_closed():
+                conn.terminate()
+            self._size -= 1
+            self._free_slot()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append((conn, time.monotonic()))
+
+    def _free_slot(self) -> None:
+        """A connection went away: let the first waiter open a new one."""
+        while self._waiters and self._size < self._max:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._size += 1
+                waiter.set_result(None)
+                return
+
+    def trim(self) -> None:
+        """Close connections idle for longer than MAX_IDLE_S (called periodically)."""
+        cutoff = time.monotonic() - MAX_IDLE_S
+        keep = self._settings.db_pool_min
+        old = [item for item in self._idle[: max(0, len(self._idle) - keep)] if item[1] < cutoff]
+        for item in old:
+            self._idle.remove(item)
+            self._size -= 1
+            item[0].terminate()
 
     def _warn_refused(self, exc: Exception) -> None:
         now = time.monotonic()
@@ -135,16 +197,49 @@ class Database:
 
     def stats(self) -> tuple[int, int]:
         """(open connections, connections in use)."""
-        if self._pool is None:
-            return 0, 0
-        size = self._pool.get_size()
-        return size, size - self._pool.get_idle_size()
+        return self._size, self._size - len(self._idle)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            with contextlib.suppress(*UNAVAILABLE_ERRORS):
-                await asyncio.wait_for(self._pool.close(), timeout=10)
-            self._pool = None
+        """Close every idle connection (in-flight requests have drained by now)."""
+        self._closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(unavailable())
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            self._size -= 1
+            try:
+                await asyncio.wait_for(conn.close(), timeout=CLOSE_TIMEOUT_S)
+            except Exception:  # TimeoutError included
+                conn.terminate()
+
+
+class _Lease:
+    """The async context manager behind Database.connection (a class: cheaper
+    per request than a generator-based one)."""
+
+    __slots__ = ("_conn", "_db")
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        self._conn = await self._db._acquire()
+        return self._conn
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        conn, self._conn = self._conn, None
+        # A query interrupted by cancellation may still be running on the
+        # server: never hand that connection to another request.
+        self._db._release(conn, reusable=not isinstance(exc, asyncio.CancelledError))
+        if exc is None:
+            return False
+        if isinstance(exc, asyncpg.QueryCanceledError):  # class 57 like OperatorIntervention
+            raise timed_out() from None
+        if isinstance(exc, UNAVAILABLE_ERRORS):
+            raise unavailable() from None
+        return False
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:

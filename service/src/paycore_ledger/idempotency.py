@@ -31,8 +31,11 @@ class _KeyVanished(Exception):
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, _KeyVanished)
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def fingerprint(method: str, path: str, body: dict[str, Any]) -> bytes:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = _CANONICAL.encode(body)  # sorted keys, no white space
     return hashlib.sha256(f"{method}\n{path}\n{canonical}".encode()).digest()
 
 

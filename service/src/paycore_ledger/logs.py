@@ -19,6 +19,12 @@ merchant_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "merchant_id", default=None
 )
 
+# Set by a money-moving POST (object, object_id, code, replayed): added to that
+# request's one log line instead of a line of its own.
+operation_var: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "operation", default=None
+)
+
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 

@@ -5,6 +5,7 @@ Names are a public interface (alerts and dashboards use them); see README.md.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from prometheus_client import (
@@ -63,6 +64,12 @@ DB_POOL_MAX = Gauge(
     "Configured maximum database connections",
     multiprocess_mode="livesum",
 )
+
+
+@functools.cache
+def child(metric, *labels: str):
+    """metric.labels(*labels), remembered: the hot path skips the label lock and checks."""
+    return metric.labels(*labels)
 
 
 def multiprocess_dir() -> str | None:

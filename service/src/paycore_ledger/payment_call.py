@@ -1,17 +1,17 @@
 """POST /v1/payments in one database round trip.
 
-The hot path of the API. Instead of BEGIN, claim the key, look up the account,
-post, store the answer and COMMIT (seven round trips with authentication),
-one call of `ledger_create_payment_with_key` (sql/0002, sql/0003) does the
-same steps in one statement, hence one implicit transaction, with the same
-locks, constraints and idempotency semantics as auth.authenticate +
-idempotency.run + ledger.post. The answer is
+The hot path of the API. Instead of BEGIN, check the key, claim the
+Idempotency-Key, look up the account, post, store the answer and COMMIT, one
+call of `ledger_pay` (sql/0006) does the same steps in one statement, hence one
+implicit transaction, with the same locks, constraints and idempotency
+semantics as auth.authenticate + idempotency.run + ledger.post. The answer is
 rendered by PostgreSQL, stored and returned as text, so a replay is
 byte-for-byte the original.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -22,10 +22,13 @@ from .auth import hash_key, unauthorized
 from .ids import new_id
 from .logs import merchant_id_var
 
-_CALL = (
-    "SELECT * FROM ledger_create_payment_with_key"
-    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-)
+_CALL = "SELECT * FROM ledger_pay($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+
+
+@functools.cache
+def _no_account_text(currency: str) -> str:
+    """The stored 422 answer when the merchant has no account in `currency`."""
+    return json.dumps(ledger.no_account(currency).to_dict())
 
 
 async def create_payment(
@@ -45,37 +48,37 @@ async def create_payment(
     """The answer for the merchant owning the API key `token` (401 if none)."""
     fp = idempotency.fingerprint(method, path, body)
     review = amount > review_threshold
-    no_account = json.dumps(ledger.no_account(currency).to_dict())
+    metadata_json = json.dumps(metadata) if metadata else "{}"
     for attempt in range(1, idempotency.MAX_ATTEMPTS + 1):
+        payment_id = new_id("pay")
         try:
-            row = await conn.fetchrow(
+            merchant_id, outcome, status, text = await conn.fetchrow(
                 _CALL,
                 hash_key(token),
                 key,
                 fp,
                 method,
                 path,
-                new_id("pay"),
+                payment_id,
                 amount,
                 currency,
                 description,
-                json.dumps(metadata),
+                metadata_json,
                 review,
                 ledger.pick_system_account(currency),
-                no_account,
+                _no_account_text(currency),
             )
         except idempotency.RETRYABLE:
             if attempt == idempotency.MAX_ATTEMPTS:
                 raise
             continue
-        merchant_id, outcome, status, text = row
         merchant_id_var.set(merchant_id)
-        if outcome == "unauthorized":
-            raise unauthorized()
         if outcome == "created":
-            return _created(status, text, currency, amount, review)
+            return _created(status, text, payment_id, currency, amount, review)
         if outcome == "replayed":
             return idempotency.replayed(status, text)
+        if outcome == "unauthorized":
+            raise unauthorized()
         if outcome == "reused":
             raise idempotency.reused()
         if outcome == "in_use":
@@ -85,12 +88,15 @@ async def create_payment(
 
 
 def _created(
-    status: int, text: str, currency: str, amount: int, review: bool
+    status: int, text: str, payment_id: str, currency: str, amount: int, review: bool
 ) -> idempotency.Answer:
-    answer = json.loads(text)
+    # The body is already rendered (text); the outcome carries only what the
+    # after-commit effects and the log line need, so nothing is parsed again.
     if status == 201:
         state = "requires_review" if review else "succeeded"
         effects = [ledger.count("payment", currency, state, amount)]
+        summary = {"object": "payment", "id": payment_id}
     else:
-        effects = [idempotency.refused(answer["code"])]
-    return idempotency.Answer(status, text, False, ledger.Outcome(status, answer, effects))
+        effects = [idempotency.refused("account_not_found")]
+        summary = {"code": "account_not_found"}
+    return idempotency.Answer(status, text, False, ledger.Outcome(status, summary, effects))

@@ -17,13 +17,14 @@ from ..config import Settings
 from ..db import Database
 from ..ids import valid_id
 from ..ledger import Outcome
-from ..logs import merchant_id_var
+from ..logs import merchant_id_var, operation_var
 from ..problems import Problem
 
 DB_KEY = web.AppKey("db", Database)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 
 log = logging.getLogger("paycore.ledger")
+_REPLAYED = {"Idempotent-Replayed": "true"}
 
 Handler = Callable[[web.Request, asyncpg.Connection, str], Awaitable[web.StreamResponse]]
 
@@ -102,16 +103,17 @@ def respond(answer: idempotency.Answer) -> web.Response:
         for effect in answer.outcome.after_commit:
             effect()
         obj = answer.outcome.body
-        log.info(
-            "money operation",
-            extra={
+        # Logged with the request's own line (app.observe), not a line of its own.
+        operation_var.set(
+            {
                 "object": obj.get("object", "problem"),
                 "object_id": obj.get("id"),
-                "status_code": answer.status,
                 "code": obj.get("code"),
-            },
+            }
         )
-    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+    elif answer.replayed:
+        operation_var.set({"replayed": True})
+    headers = _REPLAYED if answer.replayed else None
     return web.Response(
         status=answer.status,
         text=answer.body,
