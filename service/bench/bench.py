@@ -15,7 +15,12 @@ The load comes from wrk (apt-get install wrk), a C client like pgbench's own,
 so the comparison does not charge the service for a Python load generator.
 Only loopback traffic. Client, service and PostgreSQL share the machine, so the
 figures are a lower bound for the service; the CPU each side spends per
-payment (from /proc) tells where the time goes.
+payment and per TPC-B transaction (from /proc; their quotient is the
+"CPU ratio", what the throughput ratio would be on an otherwise idle
+machine) tells where the time goes, and the service workers' run-queue wait
+(/proc/PID/schedstat) how much of the machine other work took.
+Throughput counts only the expected answers (201/200); others are errors.
+--throughput-only stops after the payments/s runs.
 """
 
 from __future__ import annotations

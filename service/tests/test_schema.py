@@ -235,3 +235,29 @@ async def test_failed_posting_stores_no_idempotency_answer(merchant, monkeypatch
     r = await merchant.pay(25, idem="fails-then-works")
     assert r.status == 201 and "Idempotent-Replayed" not in r.headers
     assert await merchant.balance(account) == 25
+
+
+async def test_reconcile_reports_orphan_entries(database, merchant, owner_conn):
+    """Defence in depth for sql/0006: an entry smuggled past the triggers (only a
+    superuser can, with session_replication_role) is reported."""
+    if database.cluster is None:
+        pytest.skip("needs superuser rights on the throwaway cluster")
+    from paycore_ledger import reconcile
+
+    account = await merchant.open_account()
+    async with owner_conn.transaction():
+        await owner_conn.execute("SET LOCAL session_replication_role = replica")
+        entry_id = await owner_conn.fetchval(
+            "INSERT INTO entries (transaction_id, account_id, direction, amount)"
+            " VALUES (987654321, $1, 'credit', 1) RETURNING id",
+            account,
+        )
+    try:
+        report = await reconcile.run(owner_conn, record=False)
+        assert not report["ok"]
+        assert [r["entry_id"] for r in report["findings"]["orphan_entries"]] == [entry_id]
+    finally:
+        async with owner_conn.transaction():
+            await owner_conn.execute("SET LOCAL session_replication_role = replica")
+            await owner_conn.execute("DELETE FROM entries WHERE id = $1", entry_id)
+    assert (await reconcile.run(owner_conn, record=False))["ok"]

@@ -99,10 +99,9 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
         elapsed = time.perf_counter() - started
         route = route_template(request)
         status = response.status
-        metrics.child(metrics.HTTP_REQUESTS, request.method, route, _STATUS[status]).inc()
-        metrics.child(metrics.HTTP_DURATION, request.method, route, _STATUS[status]).observe(
-            elapsed
-        )
+        code = _STATUS.get(status) or str(status)
+        metrics.child(metrics.HTTP_REQUESTS, request.method, route, code).inc()
+        metrics.child(metrics.HTTP_DURATION, request.method, route, code).observe(elapsed)
         if (route not in ("/metrics", "/healthz", "/readyz") or status >= 500) and log.isEnabledFor(
             logging.INFO
         ):

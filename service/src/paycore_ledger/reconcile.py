@@ -1,6 +1,6 @@
-"""Prove the ledger: every transaction balances, stored balances equal their
-entries, every currency nets to zero, refund totals match. Read from one
-consistent snapshot."""
+"""Prove the ledger: every transaction balances, every entry belongs to an
+existing account and transaction, stored balances equal their entries, every
+currency nets to zero, refund totals match. Read from one consistent snapshot."""
 
 from __future__ import annotations
 
@@ -35,6 +35,16 @@ CHECKS: dict[str, str] = {
                   FROM entries GROUP BY account_id
           ) s ON s.account_id = a.id
          WHERE a.balance <> coalesce(s.total, 0)
+         LIMIT 100
+    """,
+    # Guarded at insert by the posting triggers (sql/0006); accounts and
+    # journal transactions cannot be deleted. Checked here all the same.
+    "orphan_entries": """
+        SELECT e.id AS entry_id, e.account_id, e.transaction_id
+          FROM entries e
+          LEFT JOIN accounts a ON a.id = e.account_id
+          LEFT JOIN journal_transactions t ON t.id = e.transaction_id
+         WHERE a.id IS NULL OR t.id IS NULL
          LIMIT 100
     """,
     "currencies_not_netting_to_zero": """
