@@ -249,27 +249,28 @@ def test_postgres_outage_is_alerted_and_the_service_recovers(
     )
 
 
-PORT_SCAN = """
-import concurrent.futures, socket, sys
-
-def is_open(port):
-    with socket.socket() as s:
-        s.settimeout(1)
-        return port if s.connect_ex((sys.argv[1], port)) == 0 else None
-
-with concurrent.futures.ThreadPoolExecutor(256) as pool:
-    print(sorted(p for p in pool.map(is_open, range(1, 10001)) if p))
-"""
+# The full-range TCP scanner of the network scenario (see its docstring).
+PORT_SCAN = (Path(__file__).parents[2] / "shared/tcp_syn_scan.py").read_text()
 
 
 def test_exposure_from_the_internet(merchant, gateway, ledger_hosts):
-    """A TCP scan of ports 1-10000 from the merchant, our own containers only."""
-    merchant.run(f"cat > /tmp/scan.py <<'EOF'\n{PORT_SCAN}EOF")
-    gateway_ip = gateway.ansible.get_variables()["lab_ipv4"]
-    assert merchant.check_output(f"python3 /tmp/scan.py {gateway_ip}") == "[443]"
-    for ledger in ledger_hosts:
-        ledger_ip = ledger.ansible.get_variables()["lab_ipv4"]
-        assert merchant.check_output(f"python3 /tmp/scan.py {ledger_ip}") == "[]"
+    """Every TCP port of every lab host, from the merchant: only 443 on the
+    gateway answers; every other port is dropped (filtered), none even refused."""
+    addresses = {
+        host: host.ansible.get_variables()["lab_ipv4"] for host in (gateway, *ledger_hosts)
+    }
+    # A host that is down would look like one with everything filtered.
+    for address in addresses.values():
+        assert merchant.run(f"ping -c 1 -W 2 {address}").rc == 0, f"{address} is not up"
+    merchant.check_output(f"cat > /tmp/scan.py <<'EOF'\n{PORT_SCAN}\nEOF")
+    found = json.loads(
+        merchant.check_output(f"python3 /tmp/scan.py {' '.join(addresses.values())}")
+    )
+    expected = {
+        address: {"open": [], "closed": 0, "filtered": 65535} for address in addresses.values()
+    }
+    expected[addresses[gateway]] = {"open": [443], "closed": 0, "filtered": 65534}
+    assert found == expected
 
 
 UDP_ECHO = """
