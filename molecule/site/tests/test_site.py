@@ -367,12 +367,13 @@ def every_kind_of_merchant_traffic(client):
     assert client.call("POST", "/v1/payouts", overdraft, client.new_key()).status == 422
 
 
-def test_dashboards_and_recording_rules_show_real_data(client, monitoring, database):
-    """Runs last: by now there were an outage and a reconcile. Rates look back
-    5 minutes, and a restarted ledger host forgot its counters, so the merchant
-    traffic the panels show is made again here."""
+def test_dashboards_and_recording_rules_show_real_data(client, monitoring, database, ledger_hosts):
+    """After the outage. Rates look back 5 minutes, and a restarted ledger host
+    forgot its counters, so the merchant traffic the panels show is made again
+    here; a backup and a reconcile run now rather than on their timers."""
     every_kind_of_merchant_traffic(client)
     database.check_output("systemctl start paycore-postgresql-backup.service")
+    ledger_hosts[0].check_output("systemctl start paycore-ledger-reconcile.service")
     recorded = [
         f"paycore:{series}:{kind}{window}"
         for series, kind in [
