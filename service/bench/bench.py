@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PayCore ledger benchmark. Run by hand; prints figures; not a test.
 
-    /work/main/.venv/bin/python service/bench/bench.py [--duration 15] [--clients 16,64]
+    .venv/bin/python service/bench/bench.py [--duration 15] [--clients 16,64] \
+        [--batch-max N] [--batch-window-us T]
 
 Starts a throwaway PostgreSQL 15 (durable settings: fsync on), migrates it,
 starts `paycore-ledger serve` on loopback and measures:
@@ -10,7 +11,7 @@ starts `paycore-ledger serve` on loopback and measures:
     TPC-B-like script with the same client count on the same PostgreSQL;
   * GET /v1/accounts/{id} (balance) p99 with 1 000 and 1 000 000 entries
     (alternating rounds, median p99 of each);
-  * idempotent replay latency vs the original request.
+  * idempotent replay latency vs the original request (one client, sequential).
 The load comes from wrk (apt-get install wrk), a C client like pgbench's own,
 so the comparison does not charge the service for a Python load generator.
 Only loopback traffic. Client, service and PostgreSQL share the machine, so the
@@ -20,7 +21,10 @@ payment and per TPC-B transaction (from /proc; their quotient is the
 machine) tells where the time goes, and the service workers' run-queue wait
 (/proc/PID/schedstat) how much of the machine other work took.
 Throughput counts only the expected answers (201/200); others are errors.
---throughput-only stops after the payments/s runs.
+--throughput-only skips the hot-account and balance-read runs (the payments/s
+runs and the replay comparison remain). --batch-max/--batch-window-us set the
+service's group commit (PAYCORE_POST_BATCH_MAX / _WINDOW_US; --batch-max 1 is
+one call and one commit per request); unset, the service's defaults apply.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def wrk(base: str, api_keys: list[str], clients: int, duration: float, get_path:
         [
             "wrk",
             "-t",
-            "2",
+            str(min(2, clients)),
             "-c",
             str(clients),
             "-d",
@@ -269,7 +273,11 @@ def main() -> int:
     parser.add_argument(
         "--throughput-only",
         action="store_true",
-        help="only the payments/s vs pgbench runs (skip hot account, balance reads, replay)",
+        help="skip the hot-account and balance-read runs",
+    )
+    parser.add_argument("--batch-max", type=int, help="PAYCORE_POST_BATCH_MAX for the service")
+    parser.add_argument(
+        "--batch-window-us", type=int, help="PAYCORE_POST_BATCH_WINDOW_US for the service"
     )
     args = parser.parse_args()
     client_counts = [int(c) for c in args.clients.split(",")]
@@ -312,6 +320,10 @@ def main() -> int:
             PAYCORE_DB_POOL_MAX=str(max(8, max(client_counts) // args.workers)),
             PAYCORE_LOG_LEVEL="WARNING",
         )
+        if args.batch_max is not None:
+            env["PAYCORE_POST_BATCH_MAX"] = str(args.batch_max)
+        if args.batch_window_us is not None:
+            env["PAYCORE_POST_BATCH_WINDOW_US"] = str(args.batch_window_us)
         server = subprocess.Popen(
             [
                 sys.executable,
@@ -330,7 +342,9 @@ def main() -> int:
         key, _ = asyncio.run(setup_merchant(owner_url, base))
         print(
             f"PostgreSQL 15 (fsync on), service workers={args.workers}, "
-            f"{args.duration}s per run, loopback, {os.cpu_count()} CPUs shared by all"
+            f"{args.duration}s per run, loopback, {os.cpu_count()} CPUs shared by all, "
+            f"batch max={env.get('PAYCORE_POST_BATCH_MAX', 'default')} "
+            f"window={env.get('PAYCORE_POST_BATCH_WINDOW_US', 'default')} us"
         )
 
         # Like pgbench's branches (-s 64: 64 of them, one picked at random per
@@ -374,6 +388,12 @@ def main() -> int:
                 f"    service workers waited for a CPU {waited / args.workers:.1f} of"
                 f" {args.duration} s each (machine load {os.getloadavg()[0]:.1f})"
             )
+        original, replay = asyncio.run(replay_vs_original(base, key, 500))
+        print(
+            f"original payment: p50={statistics.median(original) * 1000:.2f}ms"
+            f" p99={pct(original, 99) * 1000:.2f}ms | replay: p50="
+            f"{statistics.median(replay) * 1000:.2f}ms p99={pct(replay, 99) * 1000:.2f}ms"
+        )
         if args.throughput_only:
             return 0
         hot = client_counts[0]
@@ -411,12 +431,6 @@ def main() -> int:
         ratio = statistics.median(p99s["1M"]) / statistics.median(p99s["1k"])
         print(f"balance p99 ratio 1M/1k (medians) = {ratio:.2f}x")
 
-        original, replay = asyncio.run(replay_vs_original(base, key, 500))
-        print(
-            f"original payment: p50={statistics.median(original) * 1000:.2f}ms"
-            f" p99={pct(original, 99) * 1000:.2f}ms | replay: p50="
-            f"{statistics.median(replay) * 1000:.2f}ms p99={pct(replay, 99) * 1000:.2f}ms"
-        )
     finally:
         if server is not None:
             server.terminate()
