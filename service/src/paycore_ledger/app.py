@@ -13,7 +13,8 @@ import asyncpg
 from aiohttp import web
 
 from . import metrics
-from .app_keys import DB_KEY, POOL_TASK_KEY, SETTINGS_KEY
+from .app_keys import BATCHER_KEY, DB_KEY, POOL_TASK_KEY, SETTINGS_KEY
+from .batching import PaymentBatcher
 from .config import Settings
 from .db import UNAVAILABLE_ERRORS, Database, timed_out, unavailable
 from .handlers import accounts, payments, payouts, system
@@ -149,6 +150,10 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES + 1, middlewares=[observe])
     app[SETTINGS_KEY] = settings
     app[DB_KEY] = Database(settings)
+    if settings.post_batch_max > 1:
+        app[BATCHER_KEY] = PaymentBatcher(
+            app[DB_KEY], settings.post_batch_max, settings.post_batch_window_us / 1e6
+        )
     app.on_startup.append(_on_startup)
     app.on_cleanup.append(_on_cleanup)
     app.router.add_post("/v1/accounts", accounts.create_account)

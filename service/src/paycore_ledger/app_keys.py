@@ -6,9 +6,11 @@ import asyncio
 
 from aiohttp import web
 
+from .batching import PaymentBatcher
 from .config import Settings
 from .db import Database
 
 DB_KEY = web.AppKey("db", Database)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 POOL_TASK_KEY = web.AppKey("pool_task", asyncio.Task)
+BATCHER_KEY = web.AppKey("payment_batcher", PaymentBatcher)  # absent: no batching

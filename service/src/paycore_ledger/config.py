@@ -12,6 +12,8 @@ DEFAULT_CURRENCIES = ("NGN", "USD", "EUR", "GBP")
 DEFAULT_REVIEW_THRESHOLD = 10_000_000
 MIN_IDEMPOTENCY_RETENTION_HOURS = 24
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_POST_BATCH_MAX = 32
+DEFAULT_POST_BATCH_WINDOW_US = 200
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 
 
@@ -36,6 +38,11 @@ class Settings:
     statement_timeout_ms: int = 30000
     shutdown_timeout_s: float = 30.0
     app_role: str | None = None
+    # Group commit of payments (batching.py): at most this many per call and
+    # commit (1: one call and one commit per request) ...
+    post_batch_max: int = DEFAULT_POST_BATCH_MAX
+    # ... and at most this long a request waits for others to join its batch.
+    post_batch_window_us: int = DEFAULT_POST_BATCH_WINDOW_US
 
     def review_threshold(self, currency: str) -> int:
         return self.review_thresholds.get(currency, self.default_review_threshold)
@@ -231,4 +238,8 @@ def load(env: dict[str, str] | None = None) -> Settings:
         statement_timeout_ms=_int(env, "PAYCORE_STATEMENT_TIMEOUT_MS", 30_000, 100, 3_600_000),
         shutdown_timeout_s=float(_int(env, "PAYCORE_SHUTDOWN_TIMEOUT", 30, 1, 3600)),
         app_role=app_role,
+        post_batch_max=_int(env, "PAYCORE_POST_BATCH_MAX", DEFAULT_POST_BATCH_MAX, 1, 1000),
+        post_batch_window_us=_int(
+            env, "PAYCORE_POST_BATCH_WINDOW_US", DEFAULT_POST_BATCH_WINDOW_US, 0, 100_000
+        ),
     )

@@ -1,4 +1,4 @@
-"""POST /v1/payments in one database round trip.
+"""POST /v1/payments in one database round trip (batching.py: many at once).
 
 The hot path of the API. Instead of BEGIN, check the key, claim the
 Idempotency-Key, look up the account, post, store the answer and COMMIT, one
@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -33,19 +34,35 @@ class PayOutcome(enum.StrEnum):
     REUSED = "reused"  # the key holds another request
     IN_USE = "in_use"  # the first request with the key is still running
     VANISHED = "vanished"  # the key was purged between claim and read: retry
+    BUSY = "busy"  # (ledger_pay_batch) another transaction holds the key: send alone
 
 
 _CALL = "SELECT * FROM ledger_pay($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 
 
 @functools.cache
-def _no_account_text(currency: str) -> str:
+def no_account_text(currency: str) -> str:
     """The stored 422 answer when the merchant has no account in `currency`."""
     return json.dumps(ledger.no_account(currency).to_dict())
 
 
-async def create_payment(
-    conn: asyncpg.Connection,
+@dataclass(frozen=True, slots=True)
+class PaymentRequest:
+    """A validated POST /v1/payments, ready for ledger_pay or ledger_pay_batch."""
+
+    key_hash: bytes  # of the bearer API key: the statement resolves the merchant
+    key: str  # Idempotency-Key
+    fingerprint: bytes
+    method: str
+    path: str
+    amount: int
+    currency: str
+    description: str | None
+    metadata_json: str
+    review: bool
+
+
+def payment_request(
     *,
     token: str,
     key: str,
@@ -57,49 +74,85 @@ async def create_payment(
     description: str | None,
     metadata: dict[str, str],
     review_threshold: int,
-) -> idempotency.Answer:
-    """The answer for the merchant owning the API key `token` (401 if none)."""
-    fp = idempotency.fingerprint(method, path, body)
-    review = amount > review_threshold
-    metadata_json = json.dumps(metadata) if metadata else "{}"
+) -> PaymentRequest:
+    return PaymentRequest(
+        hash_key(token),
+        key,
+        idempotency.fingerprint(method, path, body),
+        method,
+        path,
+        amount,
+        currency,
+        description,
+        json.dumps(metadata) if metadata else "{}",
+        amount > review_threshold,
+    )
+
+
+# One item's result: (payment_id, merchant_id, outcome, status_code, response_body).
+Result = tuple[str, str | None, str, int | None, str | None]
+
+
+def call_args(req: PaymentRequest, payment_id: str) -> tuple:
+    """The 13 arguments of ledger_pay (one element each of ledger_pay_batch's arrays)."""
+    return (
+        req.key_hash,
+        req.key,
+        req.fingerprint,
+        req.method,
+        req.path,
+        payment_id,
+        req.amount,
+        req.currency,
+        req.description,
+        req.metadata_json,
+        req.review,
+        ledger.pick_system_account(req.currency),
+        no_account_text(req.currency),
+    )
+
+
+async def call_one(conn: asyncpg.Connection, req: PaymentRequest) -> Result:
+    """One ledger_pay call: one round trip, one implicit transaction."""
+    payment_id = new_id("pay")
+    row = await conn.fetchrow(_CALL, *call_args(req, payment_id))
+    return (payment_id, *row)
+
+
+async def create_payment(conn: asyncpg.Connection, req: PaymentRequest) -> idempotency.Answer:
+    """The answer for the merchant owning the request's API key (401 if none),
+    from ledger_pay calls on `conn` alone."""
     for attempt in range(1, idempotency.MAX_ATTEMPTS + 1):
-        payment_id = new_id("pay")
         try:
-            merchant_id, outcome, status, text = await conn.fetchrow(
-                _CALL,
-                hash_key(token),
-                key,
-                fp,
-                method,
-                path,
-                payment_id,
-                amount,
-                currency,
-                description,
-                metadata_json,
-                review,
-                ledger.pick_system_account(currency),
-                _no_account_text(currency),
-            )
+            result = await call_one(conn, req)
         except idempotency.RETRYABLE:
             if attempt == idempotency.MAX_ATTEMPTS:
                 raise
             continue
-        merchant_id_var.set(merchant_id)
-        match PayOutcome(outcome):
-            case PayOutcome.CREATED:
-                return _created(status, text, payment_id, currency, amount, review)
-            case PayOutcome.REPLAYED:
-                return idempotency.replayed(status, text)
-            case PayOutcome.UNAUTHORIZED:
-                raise unauthorized()
-            case PayOutcome.REUSED:
-                raise idempotency.reused()
-            case PayOutcome.IN_USE:
-                raise idempotency.in_use()
-            case PayOutcome.VANISHED:
-                continue
+        answer = answer_for(req, result)
+        if answer is not None:
+            return answer
     raise idempotency.in_use()
+
+
+def answer_for(req: PaymentRequest, result: Result) -> idempotency.Answer | None:
+    """The answer to send, or None if the request must be sent (again) on its own:
+    its key vanished meanwhile, or (batch only) another request still holds it."""
+    payment_id, merchant_id, outcome, status, text = result
+    merchant_id_var.set(merchant_id)
+    match PayOutcome(outcome):
+        case PayOutcome.CREATED:
+            return _created(status, text, payment_id, req.currency, req.amount, req.review)
+        case PayOutcome.REPLAYED:
+            return idempotency.replayed(status, text)
+        case PayOutcome.UNAUTHORIZED:
+            raise unauthorized()
+        case PayOutcome.REUSED:
+            raise idempotency.reused()
+        case PayOutcome.IN_USE:
+            raise idempotency.in_use()
+        case PayOutcome.VANISHED | PayOutcome.BUSY:
+            return None
 
 
 def _created(

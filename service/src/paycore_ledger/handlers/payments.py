@@ -6,7 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from .. import ledger, payment_call, validation
-from ..app_keys import DB_KEY, SETTINGS_KEY
+from ..app_keys import BATCHER_KEY, DB_KEY, SETTINGS_KEY
 from ..auth import bearer_token
 from ..problems import Problem
 from .common import (
@@ -20,9 +20,10 @@ from .common import (
 
 
 async def create_payment(request: web.Request) -> web.Response:
-    """One database round trip: the API key is checked inside the payment
-    statement. A request refused before that (400/413/422) is authenticated
-    first, so a wrong key still answers 401 whatever else is wrong."""
+    """One database round trip (shared with other payments when batching): the
+    API key is checked inside the payment statement. A request refused before
+    that (400/413/422) is authenticated first, so a wrong key still answers 401
+    whatever else is wrong."""
     token = bearer_token(request)
     settings = request.app[SETTINGS_KEY]
     async with refusals_after_authentication(request, token):
@@ -33,20 +34,24 @@ async def create_payment(request: web.Request) -> web.Response:
         currency = validation.currency(body, settings.currencies)
         description = validation.description(body)
         metadata = validation.metadata(body)
-    async with request.app[DB_KEY].connection() as conn:
-        answer = await payment_call.create_payment(
-            conn,
-            token=token,
-            key=key,
-            method=request.method,
-            path=request.path,
-            body=body,
-            amount=amount,
-            currency=currency,
-            description=description,
-            metadata=metadata,
-            review_threshold=settings.review_threshold(currency),
-        )
+    req = payment_call.payment_request(
+        token=token,
+        key=key,
+        method=request.method,
+        path=request.path,
+        body=body,
+        amount=amount,
+        currency=currency,
+        description=description,
+        metadata=metadata,
+        review_threshold=settings.review_threshold(currency),
+    )
+    batcher = request.app.get(BATCHER_KEY)
+    if batcher is not None:
+        answer = await batcher.create_payment(req)
+    else:
+        async with request.app[DB_KEY].connection() as conn:
+            answer = await payment_call.create_payment(conn, req)
     return respond(answer)
 
 

@@ -1,0 +1,167 @@
+"""Group commit for POST /v1/payments: many payments, one call and one commit.
+
+Each worker collects the payment requests that arrive close together and sends
+them to PostgreSQL as one `ledger_pay_batch` call (sql/0008): one round trip,
+one transaction, one WAL flush for all of them, each item with its own answer.
+A batch leaves when it holds `max_items` requests, or `window` after its first
+request arrived, but never while MAX_IN_FLIGHT batches of this worker are
+still running: requests arriving meanwhile wait for the next batch. So under
+load batches grow by themselves, and a lone request waits one window at most.
+A batch of one goes through `ledger_pay` exactly as without batching.
+
+Failure isolation: the batch is one transaction, so it commits whole or not at
+all. A business outcome (unknown key, missing account, replay, reused key) is
+an item's own answer and never fails the batch. An item whose key another
+request still holds ('busy'), or whose key vanished, is sent again on its own.
+If the batch statement itself fails for anything but a transient cause
+(a value PostgreSQL refuses, a missing shard, ...), nothing of it was applied
+and every item is sent again on its own, so only the faulty item fails.
+Transient causes (database unreachable, statement or lock timeout) answer every
+item as they would answer a single request; deadlocks are retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from . import idempotency, payment_call
+from .db import UNAVAILABLE_ERRORS, Database
+from .ids import new_id
+from .payment_call import PaymentRequest, Result
+from .problems import Problem
+
+# Two batches in flight per worker: while one waits for its commit (WAL
+# flush), the next one executes. More would only make batches smaller.
+MAX_IN_FLIGHT = 2
+
+_BATCH_CALL = (
+    "SELECT idx, merchant_id, outcome, status_code, response_body FROM ledger_pay_batch("
+    "$1::bytea[], $2::text[], $3::bytea[], $4, $5, $6::text[], $7::bigint[], $8::text[],"
+    " $9::text[], $10::jsonb[], $11::boolean[], $12::text[], $13::text[])"
+)
+# Answered to every item of the batch, as to a single request.
+_TRANSIENT = (
+    Problem,  # 503 from the pool: unavailable, timed out
+    asyncpg.LockNotAvailableError,
+    asyncpg.QueryCanceledError,
+    *UNAVAILABLE_ERRORS,
+)
+
+_Item = tuple[PaymentRequest, asyncio.Future]
+
+
+class PaymentBatcher:
+    """One worker's group commit for payments."""
+
+    def __init__(self, db: Database, max_items: int, window_s: float) -> None:
+        self._db = db
+        self._max = max_items
+        self._window = window_s
+        self._pending: list[_Item] = []
+        self._due = False  # the first pending request has waited its window
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    async def create_payment(self, req: PaymentRequest) -> idempotency.Answer:
+        """The same answer payment_call.create_payment gives, via a batch."""
+        result = await self._submit(req)
+        if result is not None:
+            answer = payment_call.answer_for(req, result)
+            if answer is not None:
+                return answer
+        async with self._db.connection() as conn:
+            return await payment_call.create_payment(conn, req)
+
+    def _submit(self, req: PaymentRequest) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((req, future))
+        if len(self._pending) >= self._max:
+            self._dispatch()
+        elif self._timer is None and not self._due:
+            self._timer = loop.call_later(self._window, self._window_over)
+        return future
+
+    def _window_over(self) -> None:
+        self._timer = None
+        self._due = True
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._pending and self._in_flight < MAX_IN_FLIGHT:
+            if not self._due and len(self._pending) < self._max:
+                return
+            batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if not self._pending:
+            self._due = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    async def _run(self, batch: list[_Item]) -> None:
+        try:
+            results = await self._post([req for req, _ in batch])
+        except _TRANSIENT as exc:
+            _settle(batch, exc=exc)
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch, exc=exc)  # the request's own error, as without batching
+            else:
+                _settle(batch, results=[None] * len(batch))  # each on its own
+        else:
+            _settle(batch, results=results)
+        finally:
+            self._in_flight -= 1
+            self._dispatch()
+
+    async def _post(self, reqs: list[PaymentRequest]) -> list[Result]:
+        async with self._db.connection() as conn:
+            for attempt in range(1, idempotency.MAX_ATTEMPTS + 1):
+                try:
+                    if len(reqs) == 1:
+                        return [await payment_call.call_one(conn, reqs[0])]
+                    return await _call_batch(conn, reqs)
+                except idempotency.RETRYABLE:
+                    if attempt == idempotency.MAX_ATTEMPTS:
+                        raise
+        raise AssertionError("unreachable")
+
+
+async def _call_batch(conn: asyncpg.Connection, reqs: list[PaymentRequest]) -> list[Result]:
+    payment_ids = [new_id("pay") for _ in reqs]
+    items = [payment_call.call_args(r, p) for r, p in zip(reqs, payment_ids, strict=True)]
+    columns = [list(column) for column in zip(*items, strict=True)]
+    method, path = reqs[0].method, reqs[0].path  # one route: POST /v1/payments
+    rows = await conn.fetch(
+        _BATCH_CALL,
+        *(columns[:3]),
+        method,
+        path,
+        *(columns[5:]),
+    )
+    results: list[Result] = [None] * len(reqs)  # type: ignore[list-item]
+    for idx, merchant_id, outcome, status, text in rows:
+        results[idx - 1] = (payment_ids[idx - 1], merchant_id, outcome, status, text)
+    return results
+
+
+def _settle(
+    batch: list[_Item],
+    *,
+    results: list[Result | None] | None = None,
+    exc: BaseException | None = None,
+) -> None:
+    for i, (_, future) in enumerate(batch):
+        if future.done():  # the request was cancelled (client gone)
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(results[i])

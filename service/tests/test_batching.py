@@ -1,0 +1,171 @@
+"""Group commit of payments (issue 19): many payments in one call and one commit,
+each with its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from conftest import Api, make_settings
+from paycore_ledger import ledger, merchants
+from paycore_ledger.app import create_app
+from paycore_ledger.idempotency import fingerprint
+
+# A wide window so that requests sent together surely share one batch.
+WIDE = {"post_batch_max": 64, "post_batch_window_us": 100_000}
+
+
+@pytest.fixture
+async def batch_client(aiohttp_client, database):
+    return await aiohttp_client(create_app(make_settings(database.app_url, **WIDE)))
+
+
+@pytest.fixture
+async def api(batch_client, owner_conn):
+    created = await merchants.create(owner_conn, f"b-{uuid.uuid4().hex[:12]}")
+    return Api(batch_client, created["api_key"], created["merchant_id"])
+
+
+async def _commits(owner_conn, merchant_id: str) -> int:
+    """How many transactions wrote this merchant's payments (one per batch)."""
+    return await owner_conn.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM payments WHERE merchant_id = $1", merchant_id
+    )
+
+
+async def test_concurrent_payments_share_one_commit(api, owner_conn):
+    account = await api.open_account()
+    results = await asyncio.gather(*(api.pay(i + 1) for i in range(20)))
+    assert [r.status for r in results] == [201] * 20
+    assert len({r.body["id"] for r in results}) == 20
+    assert await _commits(owner_conn, api.merchant_id) == 1
+    assert await api.balance(account) == 20 * 21 // 2
+    journal = await owner_conn.fetchval(
+        "SELECT count(DISTINCT t.id) FROM journal_transactions t"
+        " JOIN payments p ON p.transaction_id = t.id WHERE p.merchant_id = $1",
+        api.merchant_id,
+    )
+    assert journal == 20  # one balanced journal transaction per payment
+
+
+async def test_each_item_keeps_its_own_answer(api, batch_client, owner_conn):
+    """Unknown key, missing account, review, replay, reused key and duplicates
+    inside one batch: every item gets what it would get alone."""
+    await api.open_account("NGN")
+    first = await api.pay(5, idem="before")
+    assert first.status == 201
+    stranger = batch_client.post(
+        "/v1/payments",
+        json={"amount": 5, "currency": "NGN"},
+        headers={"Authorization": "Bearer pck_" + "x" * 40, "Idempotency-Key": "k"},
+    )
+    calls = [
+        api.pay(100, idem="a"),
+        api.pay(100, idem="a"),  # same request twice in the batch
+        api.pay(101, idem="b"),
+        api.pay(102, idem="b"),  # same key, other request
+        api.pay(7, "USD", idem="no-account"),
+        api.pay(60_000_000, idem="review"),  # above the NGN default threshold
+        api.pay(5, idem="before"),  # replay of a committed answer
+        api.pay(3, idem="plain"),
+    ]
+    *results, unauthorized = await asyncio.gather(*calls, stranger)
+    a1, a2, b1, b2, no_account, review, replay, plain = results
+    assert unauthorized.status == 401
+    assert {a1.status, a2.status} == {201} and a1.body == a2.body
+    assert [r.headers.get("Idempotent-Replayed") for r in (a1, a2)].count("true") == 1
+    assert sorted([b1.status, b2.status]) == [201, 422]
+    assert "idempotency_key_reused" in (b1.code, b2.code)
+    assert no_account.status == 422 and no_account.code == "account_not_found"
+    assert review.status == 201 and review.body["status"] == "requires_review"
+    assert replay.status == 201 and replay.body == first.body
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert plain.status == 201
+    assert await _commits(owner_conn, api.merchant_id) == 2  # "before", then the batch
+    rows = await owner_conn.fetch(
+        "SELECT amount, status FROM payments WHERE merchant_id = $1 ORDER BY amount",
+        api.merchant_id,
+    )
+    b_amount = b1.body["amount"] if b1.status == 201 else b2.body["amount"]
+    assert [(r["amount"], r["status"]) for r in rows] == sorted(
+        [
+            (3, "succeeded"),
+            (5, "succeeded"),
+            (100, "succeeded"),
+            (b_amount, "succeeded"),
+            (60_000_000, "requires_review"),
+        ]
+    )
+    # The 422 account_not_found is stored and replayed like a single request's.
+    again = await api.pay(7, "USD", idem="no-account")
+    assert again.code == "account_not_found" and again.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_a_failing_item_fails_alone(api, owner_conn, monkeypatch):
+    """A posting PostgreSQL refuses (here: a missing system shard for USD) rolls
+    back its batch; the other items are sent again on their own and succeed, the
+    faulty one fails as it would alone (500, nothing stored)."""
+    ngn = await api.open_account("NGN")
+    await api.open_account("USD")
+    real = ledger.pick_system_account
+    monkeypatch.setattr(
+        ledger,
+        "pick_system_account",
+        lambda currency: "acct_sys_missing" if currency == "USD" else real(currency),
+    )
+    results = await asyncio.gather(
+        *(api.pay(10, idem=f"ok-{i}") for i in range(5)), api.pay(10, "USD", idem="bad")
+    )
+    assert [r.status for r in results[:5]] == [201] * 5
+    assert results[5].status == 500 and results[5].code == "internal_error"
+    assert await api.balance(ngn) == 50
+    assert not await owner_conn.fetchval(
+        "SELECT count(*) FROM idempotency_keys WHERE merchant_id = $1 AND key = 'bad'",
+        api.merchant_id,
+    )
+    monkeypatch.undo()
+    retry = await api.pay(10, "USD", idem="bad")
+    assert retry.status == 201 and "Idempotent-Replayed" not in retry.headers
+
+
+async def test_a_key_held_elsewhere_does_not_delay_the_batch(api, owner_conn):
+    """A duplicate of a request still running elsewhere waits for it (then
+    replays); the other items of its batch are answered without waiting."""
+    await api.open_account()
+    body = {"amount": 42, "currency": "NGN"}
+    tx = owner_conn.transaction()
+    await tx.start()
+    await owner_conn.execute(
+        "INSERT INTO idempotency_keys (merchant_id, key, fingerprint, method, path, state,"
+        " status_code, response_body) VALUES ($1, 'held', $2, 'POST', '/v1/payments',"
+        " 'completed', 201, '{\"id\": \"pay_from_first\"}')",
+        api.merchant_id,
+        fingerprint("POST", "/v1/payments", body),
+    )
+    try:
+        held = asyncio.create_task(api.post("/v1/payments", body, idem="held"))
+        started = time.monotonic()
+        others = await asyncio.gather(*(api.pay(i + 1) for i in range(5)))
+        waited = time.monotonic() - started
+        assert [r.status for r in others] == [201] * 5
+        assert waited < 1.0, waited  # well under the 1.5 s lock_timeout of the tests
+        assert not held.done()
+    finally:
+        await tx.commit()
+    r = await held
+    assert r.status == 201 and r.body == {"id": "pay_from_first"}
+    assert r.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_batch_size_one_is_one_commit_per_payment(aiohttp_client, database, owner_conn):
+    client = await aiohttp_client(
+        create_app(make_settings(database.app_url, post_batch_max=1, post_batch_window_us=0))
+    )
+    created = await merchants.create(owner_conn, f"b1-{uuid.uuid4().hex[:12]}")
+    api = Api(client, created["api_key"], created["merchant_id"])
+    await api.open_account()
+    results = await asyncio.gather(*(api.pay(i + 1) for i in range(8)))
+    assert [r.status for r in results] == [201] * 8
+    assert await _commits(owner_conn, api.merchant_id) == 8
