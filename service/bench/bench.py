@@ -92,6 +92,16 @@ def wrk(base: str, api_keys: list[str], clients: int, duration: float, get_path:
     return figures
 
 
+async def commits(owner_url: str) -> tuple[int, int]:
+    """(payments, transactions that wrote them) so far: payments per commit."""
+    conn = await asyncpg.connect(owner_url)
+    try:
+        row = await conn.fetchrow("SELECT count(*), count(DISTINCT xmin::text) FROM payments")
+    finally:
+        await conn.close()
+    return row[0], row[1]
+
+
 def children_cpu() -> float:
     """User + system CPU of this script's finished child processes (wrk, pgbench)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -356,7 +366,9 @@ def main() -> int:
             wrk(base, keys, clients, 2)  # warm-up
             before = cpu_seconds(server.pid), cpu_seconds(cluster.postmaster_pid()), children_cpu()
             waited = run_queue_wait(server.pid)
+            written = asyncio.run(commits(owner_url))
             run = wrk(base, keys, clients, args.duration)
+            written = [b - a for a, b in zip(written, asyncio.run(commits(owner_url)), strict=True)]
             waited = run_queue_wait(server.pid) - waited
             service_cpu = cpu_seconds(server.pid) - before[0]
             database_cpu = cpu_seconds(cluster.postmaster_pid()) - before[1]
@@ -386,7 +398,8 @@ def main() -> int:
             )
             print(
                 f"    service workers waited for a CPU {waited / args.workers:.1f} of"
-                f" {args.duration} s each (machine load {os.getloadavg()[0]:.1f})"
+                f" {args.duration} s each (machine load {os.getloadavg()[0]:.1f});"
+                f" {written[0] / max(written[1], 1):.1f} payments per commit"
             )
         original, replay = asyncio.run(replay_vs_original(base, key, 500))
         print(

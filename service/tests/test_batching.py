@@ -4,12 +4,17 @@ each with its own answer."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
+from pathlib import Path
 
+import aiohttp
+import asyncpg
 import pytest
-from conftest import Api, make_settings
-from paycore_ledger import ledger, merchants
+from conftest import Api, cli_env, make_settings
+from paycore_ledger import ledger, merchants, reconcile
 from paycore_ledger.app import create_app
 from paycore_ledger.idempotency import fingerprint
 
@@ -169,3 +174,101 @@ async def test_batch_size_one_is_one_commit_per_payment(aiohttp_client, database
     results = await asyncio.gather(*(api.pay(i + 1) for i in range(8)))
     assert [r.status for r in results] == [201] * 8
     assert await _commits(owner_conn, api.merchant_id) == 8
+
+
+def _workers(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+async def test_worker_killed_during_batches_leaves_nothing_half_applied(
+    database, serve, owner_conn
+):
+    """kill -9 of a worker while its batches wait in PostgreSQL: every batch
+    commits whole or not at all, and retrying every request with its
+    Idempotency-Key gives exactly one payment each."""
+    if database.cluster is None:
+        pytest.skip("needs the throwaway cluster (reads other sessions' pg_stat_activity)")
+    created = await merchants.create(owner_conn, f"crash-{uuid.uuid4().hex[:10]}")
+    auth = {"Authorization": f"Bearer {created['api_key']}"}
+    env = cli_env(
+        database.app_url,
+        PAYCORE_LOCK_TIMEOUT_MS="20000",
+        PAYCORE_POST_BATCH_MAX="16",
+        PAYCORE_POST_BATCH_WINDOW_US="20000",
+    )
+    server = serve("--workers", "2", env=env, ready="/readyz")
+    n = 80
+    # A new connection per request, so the kernel spreads them over both workers.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def pay(i: int) -> tuple[int, dict]:
+            async with session.post(
+                server.base + "/v1/payments",
+                json={"amount": i + 1, "currency": "NGN"},
+                headers={**auth, "Idempotency-Key": f"crash-{i}"},
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as resp:
+                return resp.status, await resp.json()
+
+        async with session.post(
+            server.base + "/v1/accounts", json={"currency": "NGN"}, headers=auth
+        ) as resp:
+            account = (await resp.json())["id"]
+
+        # Hold the account row: batches reach PostgreSQL and wait there.
+        watcher = await asyncpg.connect(database.owner_url)
+        tx = owner_conn.transaction()
+        await tx.start()
+        await owner_conn.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account)
+        try:
+            first = [asyncio.create_task(pay(i)) for i in range(n)]
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%ledger_pay%'"
+            waiting += " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            deadline = time.monotonic() + 20
+            # Two batches at most in flight per worker: three waiting means both
+            # workers have batches in PostgreSQL.
+            # (pg_stat_activity outside the transaction: it is a snapshot within one)
+            while await watcher.fetchval(waiting) < 3:
+                assert time.monotonic() < deadline, "batches never reached the database"
+                await asyncio.sleep(0.05)
+            victim = min(_workers(server.proc.pid))
+            os.kill(victim, signal.SIGKILL)
+            await asyncio.sleep(0.3)
+        finally:
+            await tx.rollback()
+            await watcher.close()
+        outcomes = await asyncio.gather(*first, return_exceptions=True)
+        lost = [o for o in outcomes if isinstance(o, BaseException)]
+        assert lost, "the killed worker had no request in flight"
+        deadline = time.monotonic() + 20
+        while len(_workers(server.proc.pid) - {victim}) < 2:  # replaced by the supervisor
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+
+        # Retry everything with the same keys.
+        again = await asyncio.gather(*(pay(i) for i in range(n)))
+    assert [status for status, _ in again] == [201] * n
+    for before, (_, body) in zip(outcomes, again, strict=True):
+        if not isinstance(before, BaseException):
+            assert before == (201, body)  # the retry replays the first answer
+    payments = await owner_conn.fetch(
+        "SELECT id, amount, xmin::text AS tx FROM payments WHERE merchant_id = $1",
+        created["merchant_id"],
+    )
+    assert sorted(p["amount"] for p in payments) == list(range(1, n + 1))  # one each
+    assert {p["id"] for p in payments} == {body["id"] for _, body in again}
+    assert len({p["tx"] for p in payments}) < n  # several payments per commit
+    balance = await owner_conn.fetchval("SELECT balance FROM accounts WHERE id = $1", account)
+    assert balance == n * (n + 1) // 2
+    report = await reconcile.run(owner_conn, record=False)
+    assert report["ok"], report

@@ -34,7 +34,7 @@ from .problems import Problem
 
 # Two batches in flight per worker: while one waits for its commit (WAL
 # flush), the next one executes. More would only make batches smaller.
-MAX_IN_FLIGHT = 2
+MAX_IN_FLIGHT = int(__import__("os").environ.get("XX_INFLIGHT", "2"))
 
 _BATCH_CALL = (
     "SELECT idx, merchant_id, outcome, status_code, response_body FROM ledger_pay_batch("
