@@ -16,6 +16,7 @@ import pytest
 from conftest import Api, cli_env, make_settings
 from paycore_ledger import ledger, merchants, reconcile
 from paycore_ledger.app import create_app
+from paycore_ledger.batching import MAX_IN_FLIGHT
 from paycore_ledger.idempotency import fingerprint
 
 # A wide window so that requests sent together surely share one batch.
@@ -235,10 +236,10 @@ async def test_worker_killed_during_batches_leaves_nothing_half_applied(
             waiting = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%ledger_pay%'"
             waiting += " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
             deadline = time.monotonic() + 20
-            # Two batches at most in flight per worker: three waiting means both
-            # workers have batches in PostgreSQL.
+            # At most MAX_IN_FLIGHT batches per worker: one more waiting means
+            # both workers have a batch in PostgreSQL.
             # (pg_stat_activity outside the transaction: it is a snapshot within one)
-            while await watcher.fetchval(waiting) < 3:
+            while await watcher.fetchval(waiting) < MAX_IN_FLIGHT + 1:
                 assert time.monotonic() < deadline, "batches never reached the database"
                 await asyncio.sleep(0.05)
             victim = min(_workers(server.proc.pid))

@@ -4,9 +4,11 @@ Each worker collects the payment requests that arrive close together and sends
 them to PostgreSQL as one `ledger_pay_batch` call (sql/0008): one round trip,
 one transaction, one WAL flush for all of them, each item with its own answer.
 A batch leaves when it holds `max_items` requests, or `window` after its first
-request arrived, but never while MAX_IN_FLIGHT batches of this worker are
-still running: requests arriving meanwhile wait for the next batch. So under
-load batches grow by themselves, and a lone request waits one window at most.
+request arrived, but never while the worker's previous batch is still
+running: requests arriving meanwhile wait for the next batch. So under load
+batches grow by themselves, and a lone request waits one window at most
+(uvloop's timers have millisecond resolution: a window under 500 µs means
+"at the next turn of the event loop", after the requests already received).
 A batch of one goes through `ledger_pay` exactly as without batching.
 
 Failure isolation: the batch is one transaction, so it commits whole or not at
@@ -32,9 +34,11 @@ from .ids import new_id
 from .payment_call import PaymentRequest, Result
 from .problems import Problem
 
-# Two batches in flight per worker: while one waits for its commit (WAL
-# flush), the next one executes. More would only make batches smaller.
-MAX_IN_FLIGHT = int(__import__("os").environ.get("XX_INFLIGHT", "2"))
+# One batch in flight per worker (each worker process has its own, so with
+# N workers N batches run at once): the next batch forms while the previous
+# one executes and waits for its commit. Measured (service/README.md), two
+# per worker made batches smaller and cost more CPU per payment.
+MAX_IN_FLIGHT = 1
 
 _BATCH_CALL = (
     "SELECT idx, merchant_id, outcome, status_code, response_body FROM ledger_pay_batch("

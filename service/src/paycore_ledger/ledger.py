@@ -2,9 +2,9 @@
 
 Every operation runs inside a database transaction opened by the caller.
 Lock order is fixed: payment row, then the merchant account, then one system
-account shard. Each posting inserts the merchant entry first, and the
-entries trigger locks accounts in insertion order, so two operations can
-never wait on each other in a cycle.
+account shard. The entries trigger (sql/0008) locks the accounts of each
+INSERT into entries in that order (merchant accounts, then shards, by id),
+so two operations can never wait on each other in a cycle.
 """
 
 from __future__ import annotations
