@@ -273,3 +273,65 @@ async def test_worker_killed_during_batches_leaves_nothing_half_applied(
     assert balance == n * (n + 1) // 2
     report = await reconcile.run(owner_conn, record=False)
     assert report["ok"], report
+
+
+async def test_payouts_in_one_batch_never_overdraw(api, owner_conn):
+    """Insufficient funds is decided per item, in item order, under the lock."""
+    account = await api.open_account()
+    await api.pay(1000)
+    results = await asyncio.gather(*(api.payout(300) for _ in range(6)))
+    assert sorted(r.status for r in results) == [201] * 3 + [422] * 3
+    assert {r.code for r in results if r.status == 422} == {"insufficient_funds"}
+    assert await api.balance(account) == 100
+    commits = await owner_conn.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM payouts WHERE merchant_id = $1", api.merchant_id
+    )
+    assert commits == 1
+
+
+async def test_refunds_and_payouts_keep_their_own_answers(api, owner_conn):
+    account = await api.open_account()
+    paid = (await api.pay(500)).body
+    review = (await api.pay(60_000_000)).body
+    assert review["status"] == "requires_review"
+    calls = [
+        api.refund(paid["id"], 200, idem="r1"),
+        api.refund(paid["id"], 200, idem="r1"),  # duplicate in the batch: replay
+        api.refund(paid["id"], 250, idem="r2"),  # 200 + 250 of 500, but see r3
+        api.refund(paid["id"], 100, idem="r3"),  # would exceed the payment
+        api.refund(review["id"], 10, idem="r4"),  # not refundable
+        api.refund("pay_nosuchpayment", 10, idem="r5"),  # 404, not stored
+        api.payout(10, "USD", idem="p1"),  # no USD account
+        api.payout(50, idem="p2"),  # 500 - 450 refunded = 50 left
+    ]
+    r1, r1_again, r2, r3, r4, r5, p1, p2 = await asyncio.gather(*calls)
+    assert r1.status == r1_again.status == 201 and r1.body == r1_again.body
+    # r2 and r3 cannot both fit: whichever the batch took second is refused.
+    accepted, refused = (r2, r3) if r2.status == 201 else (r3, r2)
+    assert accepted.status == 201 and refused.code == "refund_exceeds_payment"
+    assert r4.code == "payment_not_refundable"
+    assert r5.status == 404 and r5.code == "not_found"
+    assert p1.code == "account_not_found"
+    assert p2.status == 201 and p2.body["object"] == "payout"
+    refunded = 200 + accepted.body["amount"]
+    assert await api.balance(account) == 500 - refunded - 50
+    got = await api.get(f"/v1/payments/{paid['id']}")
+    assert got.body["amount_refunded"] == refunded
+    keys = {
+        r["key"]
+        for r in await owner_conn.fetch(
+            "SELECT key FROM idempotency_keys WHERE merchant_id = $1", api.merchant_id
+        )
+    }
+    assert "r5" not in keys and {"r1", "r2", "r3", "r4", "p1", "p2"} <= keys
+    refused_idem = "r2" if refused is r2 else "r3"
+    replays = (
+        (api.refund(paid["id"], 250 if refused is r2 else 100, idem=refused_idem), refused),
+        (api.payout(50, idem="p2"), p2),
+    )
+    for call, first in replays:
+        again = await call
+        assert (again.status, again.body) == (first.status, first.body)
+        assert again.headers["Idempotent-Replayed"] == "true"
+    report = await reconcile.run(owner_conn, record=False)
+    assert report["ok"], report

@@ -12,9 +12,9 @@ import time
 import asyncpg
 from aiohttp import web
 
-from . import metrics
-from .app_keys import BATCHER_KEY, DB_KEY, POOL_TASK_KEY, SETTINGS_KEY
-from .batching import PaymentBatcher
+from . import debit_call, metrics, payment_call
+from .app_keys import DB_KEY, DEBIT_BATCHER_KEY, PAYMENT_BATCHER_KEY, POOL_TASK_KEY, SETTINGS_KEY
+from .batching import Batcher
 from .config import Settings
 from .db import UNAVAILABLE_ERRORS, Database, timed_out, unavailable
 from .handlers import accounts, payments, payouts, system
@@ -151,8 +151,18 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS_KEY] = settings
     app[DB_KEY] = Database(settings)
     if settings.post_batch_max > 1:
-        app[BATCHER_KEY] = PaymentBatcher(
-            app[DB_KEY], settings.post_batch_max, settings.post_batch_window_us / 1e6
+        batching = (app[DB_KEY], settings.post_batch_max, settings.post_batch_window_us / 1e6)
+        app[PAYMENT_BATCHER_KEY] = Batcher(
+            *batching,
+            call=payment_call.call,
+            answer_for=payment_call.answer_for,
+            run_alone=payment_call.create_payment,
+        )
+        app[DEBIT_BATCHER_KEY] = Batcher(
+            *batching,
+            call=debit_call.call_batch,
+            answer_for=debit_call.answer_for,
+            run_alone=debit_call.run_alone,
         )
     app.on_startup.append(_on_startup)
     app.on_cleanup.append(_on_cleanup)

@@ -6,11 +6,13 @@ import asyncio
 
 from aiohttp import web
 
-from .batching import PaymentBatcher
+from .batching import Batcher
 from .config import Settings
 from .db import Database
 
 DB_KEY = web.AppKey("db", Database)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 POOL_TASK_KEY = web.AppKey("pool_task", asyncio.Task)
-BATCHER_KEY = web.AppKey("payment_batcher", PaymentBatcher)  # absent: no batching
+# Group commit (batching.py); absent when PAYCORE_POST_BATCH_MAX is 1.
+PAYMENT_BATCHER_KEY = web.AppKey("payment_batcher", Batcher)
+DEBIT_BATCHER_KEY = web.AppKey("debit_batcher", Batcher)  # refunds and payouts

@@ -1,23 +1,27 @@
-"""Group commit for POST /v1/payments: many payments, one call and one commit.
+"""Group commit: many money-moving requests, one call and one commit.
 
 Each worker collects the payment requests that arrive close together and sends
 them to PostgreSQL as one `ledger_pay_batch` call (sql/0008): one round trip,
 one transaction, one WAL flush for all of them, each item with its own answer.
+Refunds and payouts likewise go together through `ledger_debit_batch`, in a
+batcher of their own (payment_call.py and debit_call.py say how to call and
+answer each kind).
 A batch leaves when it holds `max_items` requests, or `window` after its first
 request arrived, but never while the worker's previous batch is still
 running: requests arriving meanwhile wait for the next batch. So under load
 batches grow by themselves, and a lone request waits one window at most
 (uvloop's timers have millisecond resolution: a window under 500 µs means
 "at the next turn of the event loop", after the requests already received).
-A batch of one goes through `ledger_pay` exactly as without batching.
+A payment batch of one goes through `ledger_pay` exactly as without batching.
 
 Failure isolation: the batch is one transaction, so it commits whole or not at
 all. A business outcome (unknown key, missing account, replay, reused key) is
 an item's own answer and never fails the batch. An item whose key another
-request still holds ('busy'), or whose key vanished, is sent again on its own.
+request still holds ('busy'), or whose key vanished, runs again alone on the
+path used without batching (which waits for that other request).
 If the batch statement itself fails for anything but a transient cause
 (a value PostgreSQL refuses, a missing shard, ...), nothing of it was applied
-and every item is sent again on its own, so only the faulty item fails.
+and every item runs again alone, so only the faulty item fails.
 Transient causes (database unreachable, statement or lock timeout) answer every
 item as they would answer a single request; deadlocks are retried.
 """
@@ -25,26 +29,22 @@ item as they would answer a single request; deadlocks are retried.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 
-from . import idempotency, payment_call
 from .db import UNAVAILABLE_ERRORS, Database
-from .ids import new_id
-from .payment_call import PaymentRequest, Result
+from .idempotency import MAX_ATTEMPTS, RETRYABLE, Answer
 from .problems import Problem
 
-# One batch in flight per worker (each worker process has its own, so with
-# N workers N batches run at once): the next batch forms while the previous
-# one executes and waits for its commit. Measured (service/README.md), two
-# per worker made batches smaller and cost more CPU per payment.
+# One batch in flight per worker and kind (each worker process has its own,
+# so with N workers N payment batches run at once): the next batch forms
+# while the previous one executes and waits for its commit. Measured
+# (service/README.md), two per worker made batches smaller and cost more CPU
+# per payment.
 MAX_IN_FLIGHT = 1
 
-_BATCH_CALL = (
-    "SELECT idx, merchant_id, outcome, status_code, response_body FROM ledger_pay_batch("
-    "$1::bytea[], $2::text[], $3::bytea[], $4, $5, $6::text[], $7::bigint[], $8::text[],"
-    " $9::text[], $10::jsonb[], $11::boolean[], $12::text[], $13::text[])"
-)
 # Answered to every item of the batch, as to a single request.
 _TRANSIENT = (
     Problem,  # 503 from the pool: unavailable, timed out
@@ -53,13 +53,30 @@ _TRANSIENT = (
     *UNAVAILABLE_ERRORS,
 )
 
-_Item = tuple[PaymentRequest, asyncio.Future]
+_Item = tuple[Any, asyncio.Future]
 
 
-class PaymentBatcher:
-    """One worker's group commit for payments."""
+class Batcher:
+    """One worker's group commit for one kind of request.
 
-    def __init__(self, db: Database, max_items: int, window_s: float) -> None:
+    call(conn, requests) -> one result per request, from one statement;
+    answer_for(request, result) -> the answer, or None to run the request alone;
+    run_alone(conn, request) -> the answer on the path used without batching.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        max_items: int,
+        window_s: float,
+        *,
+        call: Callable[[asyncpg.Connection, list], Awaitable[list]],
+        answer_for: Callable[[Any, Any], Answer | None],
+        run_alone: Callable[[asyncpg.Connection, Any], Awaitable[Answer]],
+    ) -> None:
+        self._call = call
+        self._answer_for = answer_for
+        self._run_alone = run_alone
         self._db = db
         self._max = max_items
         self._window = window_s
@@ -69,17 +86,17 @@ class PaymentBatcher:
         self._in_flight = 0
         self._tasks: set[asyncio.Task] = set()
 
-    async def create_payment(self, req: PaymentRequest) -> idempotency.Answer:
-        """The same answer payment_call.create_payment gives, via a batch."""
+    async def answer(self, req: Any) -> Answer:
+        """The answer the request would get alone, via a batch."""
         result = await self._submit(req)
         if result is not None:
-            answer = payment_call.answer_for(req, result)
+            answer = self._answer_for(req, result)
             if answer is not None:
                 return answer
         async with self._db.connection() as conn:
-            return await payment_call.create_payment(conn, req)
+            return await self._run_alone(conn, req)
 
-    def _submit(self, req: PaymentRequest) -> asyncio.Future:
+    def _submit(self, req: Any) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((req, future))
@@ -125,41 +142,21 @@ class PaymentBatcher:
             self._in_flight -= 1
             self._dispatch()
 
-    async def _post(self, reqs: list[PaymentRequest]) -> list[Result]:
+    async def _post(self, reqs: list) -> list:
         async with self._db.connection() as conn:
-            for attempt in range(1, idempotency.MAX_ATTEMPTS + 1):
+            for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
-                    if len(reqs) == 1:
-                        return [await payment_call.call_one(conn, reqs[0])]
-                    return await _call_batch(conn, reqs)
-                except idempotency.RETRYABLE:
-                    if attempt == idempotency.MAX_ATTEMPTS:
+                    return await self._call(conn, reqs)
+                except RETRYABLE:
+                    if attempt == MAX_ATTEMPTS:
                         raise
         raise AssertionError("unreachable")
-
-
-async def _call_batch(conn: asyncpg.Connection, reqs: list[PaymentRequest]) -> list[Result]:
-    payment_ids = [new_id("pay") for _ in reqs]
-    items = [payment_call.call_args(r, p) for r, p in zip(reqs, payment_ids, strict=True)]
-    columns = [list(column) for column in zip(*items, strict=True)]
-    method, path = reqs[0].method, reqs[0].path  # one route: POST /v1/payments
-    rows = await conn.fetch(
-        _BATCH_CALL,
-        *(columns[:3]),
-        method,
-        path,
-        *(columns[5:]),
-    )
-    results: list[Result] = [None] * len(reqs)  # type: ignore[list-item]
-    for idx, merchant_id, outcome, status, text in rows:
-        results[idx - 1] = (payment_ids[idx - 1], merchant_id, outcome, status, text)
-    return results
 
 
 def _settle(
     batch: list[_Item],
     *,
-    results: list[Result | None] | None = None,
+    results: list | None = None,
     exc: BaseException | None = None,
 ) -> None:
     for i, (_, future) in enumerate(batch):

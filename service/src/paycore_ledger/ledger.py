@@ -141,9 +141,7 @@ async def debit_guard(conn: asyncpg.Connection) -> AsyncIterator[None]:
     except asyncpg.CheckViolationError as exc:
         if exc.constraint_name != "accounts_balance_nonnegative":
             raise
-        raise Refusal(
-            "insufficient_funds", "the account balance is too low for this amount"
-        ) from None
+        raise insufficient_funds() from None
 
 
 def _iso(value: datetime) -> str:
@@ -216,6 +214,24 @@ def no_account(currency: str) -> Refusal:
     return Refusal("account_not_found", f"the merchant has no {currency} account; open one first")
 
 
+def insufficient_funds() -> Refusal:
+    return Refusal("insufficient_funds", "the account balance is too low for this amount")
+
+
+# Statuses of a payment that cannot be refunded (only a succeeded one can).
+UNREFUNDABLE = ("requires_review", "rejected")
+
+
+def not_refundable(status: str) -> Refusal:
+    return Refusal("payment_not_refundable", f"a payment in status {status} cannot be refunded")
+
+
+def refund_exceeds_payment() -> Refusal:
+    return Refusal(
+        "refund_exceeds_payment", "the refund would exceed the unrefunded amount of the payment"
+    )
+
+
 async def create_refund(
     conn: asyncpg.Connection, *, merchant_id: str, payment_id: str, amount: int
 ) -> Outcome:
@@ -227,14 +243,9 @@ async def create_refund(
     if payment is None:
         raise Problem(404, "not_found", "no such payment")
     if payment["status"] != "succeeded":
-        raise Refusal(
-            "payment_not_refundable", f"a payment in status {payment['status']} cannot be refunded"
-        )
+        raise not_refundable(payment["status"])
     if amount > payment["amount"] - payment["amount_refunded"]:
-        raise Refusal(
-            "refund_exceeds_payment",
-            "the refund would exceed the unrefunded amount of the payment",
-        )
+        raise refund_exceeds_payment()
     refund_id = new_id("re")
     async with debit_guard(conn):
         await conn.execute(

@@ -39,6 +39,7 @@ RUNTIME_GRANTS = (
     "GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO {role}",
     "GRANT SELECT, INSERT ON reconcile_runs TO {role}",
     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+    "GRANT EXECUTE ON FUNCTION ledger_lock_accounts(text[]) TO {role}",
 )
 
 

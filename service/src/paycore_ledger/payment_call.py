@@ -119,6 +119,28 @@ async def call_one(conn: asyncpg.Connection, req: PaymentRequest) -> Result:
     return (payment_id, *row)
 
 
+_BATCH_CALL = (
+    "SELECT idx, merchant_id, outcome, status_code, response_body FROM ledger_pay_batch("
+    "$1::bytea[], $2::text[], $3::bytea[], $4, $5, $6::text[], $7::bigint[], $8::text[],"
+    " $9::text[], $10::jsonb[], $11::boolean[], $12::text[], $13::text[])"
+)
+
+
+async def call(conn: asyncpg.Connection, reqs: list[PaymentRequest]) -> list[Result]:
+    """One call for all of `reqs`: ledger_pay for one, ledger_pay_batch for more."""
+    if len(reqs) == 1:
+        return [await call_one(conn, reqs[0])]
+    payment_ids = [new_id("pay") for _ in reqs]
+    items = [call_args(r, p) for r, p in zip(reqs, payment_ids, strict=True)]
+    columns = [list(column) for column in zip(*items, strict=True)]
+    # Method and path are the same for every item: POST /v1/payments.
+    rows = await conn.fetch(_BATCH_CALL, *columns[:3], reqs[0].method, reqs[0].path, *columns[5:])
+    results: list[Result] = [None] * len(reqs)  # type: ignore[list-item]
+    for idx, merchant_id, outcome, status, text in rows:
+        results[idx - 1] = (payment_ids[idx - 1], merchant_id, outcome, status, text)
+    return results
+
+
 async def create_payment(conn: asyncpg.Connection, req: PaymentRequest) -> idempotency.Answer:
     """The answer for the merchant owning the request's API key (401 if none),
     from ledger_pay calls on `conn` alone."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from .. import ledger, payment_call, validation
-from ..app_keys import BATCHER_KEY, DB_KEY, SETTINGS_KEY
+from .. import debit_call, ledger, payment_call, validation
+from ..app_keys import DB_KEY, DEBIT_BATCHER_KEY, PAYMENT_BATCHER_KEY, SETTINGS_KEY
 from ..auth import bearer_token
 from ..problems import Problem
 from .common import (
@@ -46,9 +46,9 @@ async def create_payment(request: web.Request) -> web.Response:
         metadata=metadata,
         review_threshold=settings.review_threshold(currency),
     )
-    batcher = request.app.get(BATCHER_KEY)
+    batcher = request.app.get(PAYMENT_BATCHER_KEY)
     if batcher is not None:
-        answer = await batcher.create_payment(req)
+        answer = await batcher.answer(req)
     else:
         async with request.app[DB_KEY].connection() as conn:
             answer = await payment_call.create_payment(conn, req)
@@ -67,13 +67,29 @@ async def get_payment(request: web.Request, conn: asyncpg.Connection, merchant_i
     return json_response(200, ledger.payment_view(row))
 
 
+async def create_refund(request: web.Request) -> web.Response:
+    batcher = request.app.get(DEBIT_BATCHER_KEY)
+    if batcher is None:
+        return await _create_refund_alone(request)
+    token = bearer_token(request)
+    async with refusals_after_authentication(request, token):
+        payment_id, key, body, amount = await _refund_fields(request)
+    req = debit_call.debit_request(
+        request.method,
+        request.path,
+        token=token,
+        key=key,
+        body=body,
+        kind="refund",
+        amount=amount,
+        payment_id=payment_id,
+    )
+    return respond(await batcher.answer(req))
+
+
 @authenticated
-async def create_refund(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
-    payment_id = path_id(request, "pay", "payment")
-    key = validation.idempotency_key(request)
-    body = await validation.read_json(request)
-    validation.reject_unknown(body, {"amount"})
-    amount = validation.amount(body)
+async def _create_refund_alone(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
+    payment_id, key, body, amount = await _refund_fields(request)
 
     async def action(tx: asyncpg.Connection) -> ledger.Outcome:
         return await ledger.create_refund(
@@ -81,6 +97,14 @@ async def create_refund(request: web.Request, conn: asyncpg.Connection, merchant
         )
 
     return await idempotent_post(request, conn, merchant_id, key, body, action)
+
+
+async def _refund_fields(request: web.Request) -> tuple[str, str, dict, int]:
+    payment_id = path_id(request, "pay", "payment")
+    key = validation.idempotency_key(request)
+    body = await validation.read_json(request)
+    validation.reject_unknown(body, {"amount"})
+    return payment_id, key, body, validation.amount(body)
 
 
 @authenticated

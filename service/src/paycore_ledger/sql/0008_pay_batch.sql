@@ -1,17 +1,21 @@
--- Group commit for POST /v1/payments (issue 19). ledger_pay_batch does what
--- ledger_pay (0006) does for many payments at once, in one statement and so
--- one transaction and one commit, with set-based SQL (no subtransaction per
--- item). Each item keeps its own answer: an unknown API key, a missing
+-- Group commit (issue 19). ledger_pay_batch does what ledger_pay (0006) does
+-- for many payments at once, ledger_debit_batch what the refund and payout
+-- path does (idempotency.py + ledger.py) for many refunds and payouts: in one
+-- statement and so one transaction and one commit, with set-based SQL (no
+-- subtransaction per item). Each item keeps its own answer: an unknown API key, a missing
 -- account, a replay or a reused key is that item's outcome and changes
--- nothing for the others. Same invariants (the constraints of 0001-0006 and
--- the entries trigger below), same Idempotency-Key rules, same lock order:
+-- nothing for the others; so is a refund's or payout's refusal
+-- (insufficient_funds, ...), decided under the row locks in item order.
+-- Same invariants (the constraints of 0001-0006 and the entries trigger
+-- below), same Idempotency-Key rules, same lock order:
 --   1. Idempotency-Key rows, claimed in (merchant_id, key) order;
---   2. merchant accounts, in id order;
---   3. system shards, in id order
--- (2 and 3 by the entries statement trigger below).
+--   2. refunded payments' rows, in id order;
+--   3. merchant accounts, in id order;
+--   4. system shards, in id order (3 and 4 by the entries trigger below).
 -- A single posting (ledger_pay, or the refund/payout path) locks its key,
--- then one merchant account, then one shard: the same global order, so no
--- two transactions can wait on each other in a cycle.
+-- then its payment row (refund), then one merchant account, then one
+-- shard: the same global order, so no two transactions can wait on each
+-- other in a cycle.
 --
 -- A key held by another transaction that has not committed yet (a duplicate
 -- request running elsewhere) would make the whole batch wait for it. Keys are
@@ -26,7 +30,8 @@
 -- of the batch, is sent only after the commit.
 --
 -- Output: one row per item, `idx` being its 1-based position; outcome as
--- ledger_pay's, plus 'busy'.
+-- ledger_pay's, plus 'busy' (and for refunds 'not_found': no such payment
+-- of this merchant, 404, nothing stored).
 
 -- Balances are applied once per INSERT statement into entries instead of once
 -- per entry row: an AFTER STATEMENT trigger (it already checked that every
@@ -104,6 +109,86 @@ CREATE TRIGGER entries_post AFTER INSERT ON entries
     REFERENCING NEW TABLE AS new_entries
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_post_entries();
 
+-- Claims the Idempotency-Keys of a batch in lock order, each key for its
+-- first item (p_idx ascending): with its final answer if p_status is given
+-- (payments), else in progress. Returns the items claimed, and those whose
+-- key another transaction holds uncommitted ('busy'; 1 ms lock_timeout, then
+-- one subtransaction per key, only on that path).
+CREATE FUNCTION ledger_claim_keys(
+    p_idx int[], p_merchant text[], p_key text[], p_fingerprint bytea[], p_method text,
+    p_path text[], p_status int[], p_body text[], OUT claimed int[], OUT busy int[])
+LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
+DECLARE
+    v_lock_timeout text := current_setting('lock_timeout');
+    v record;
+BEGIN
+    claimed := '{}';
+    busy := '{}';
+    PERFORM set_config('lock_timeout', '1ms', true);
+    BEGIN
+        WITH candidate AS (
+            SELECT DISTINCT ON (p_merchant[i], p_key[i]) i, p_idx[i] AS idx
+              FROM generate_subscripts(p_idx, 1) AS i
+             ORDER BY p_merchant[i], p_key[i], p_idx[i]
+        ), inserted AS (
+            INSERT INTO idempotency_keys (merchant_id, key, fingerprint, method, path, state,
+                                          status_code, response_body, completed_at)
+            SELECT p_merchant[c.i], p_key[c.i], p_fingerprint[c.i], p_method, p_path[c.i],
+                   CASE WHEN p_status[c.i] IS NULL THEN 'in_progress' ELSE 'completed' END,
+                   p_status[c.i], p_body[c.i],
+                   CASE WHEN p_status[c.i] IS NOT NULL THEN now() END
+              FROM candidate c
+             ORDER BY p_merchant[c.i], p_key[c.i]
+            ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING
+            RETURNING idempotency_keys.merchant_id, idempotency_keys.key
+        )
+        SELECT coalesce(array_agg(c.idx), '{}') INTO claimed
+          FROM inserted n
+          JOIN candidate c ON p_merchant[c.i] = n.merchant_id AND p_key[c.i] = n.key;
+    EXCEPTION WHEN lock_not_available THEN
+        FOR v IN
+            SELECT DISTINCT ON (p_merchant[i], p_key[i]) i
+              FROM generate_subscripts(p_idx, 1) AS i
+             ORDER BY p_merchant[i], p_key[i], p_idx[i]
+        LOOP
+            BEGIN
+                INSERT INTO idempotency_keys (merchant_id, key, fingerprint, method, path,
+                                              state, status_code, response_body, completed_at)
+                VALUES (p_merchant[v.i], p_key[v.i], p_fingerprint[v.i], p_method, p_path[v.i],
+                        CASE WHEN p_status[v.i] IS NULL THEN 'in_progress' ELSE 'completed' END,
+                        p_status[v.i], p_body[v.i],
+                        CASE WHEN p_status[v.i] IS NOT NULL THEN now() END)
+                ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING;
+                IF FOUND THEN
+                    claimed := claimed || p_idx[v.i];
+                END IF;
+            EXCEPTION WHEN lock_not_available THEN
+                busy := busy || p_idx[v.i];
+            END;
+        END LOOP;
+    END;
+    PERFORM set_config('lock_timeout', v_lock_timeout, true);
+END
+$$;
+
+-- What each key already holds, for the items that did not claim theirs:
+-- 'replayed' with the stored answer, 'reused' (another request), 'in_use'
+-- (not completed) or 'vanished' (not there: purged, or its claim was undone).
+CREATE FUNCTION ledger_key_lookup(
+    p_idx int[], p_merchant text[], p_key text[], p_fingerprint bytea[])
+RETURNS TABLE (idx int, outcome text, status_code int, response_body text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $$
+    SELECT p_idx[i],
+           CASE WHEN k.key IS NULL THEN 'vanished'
+                WHEN k.fingerprint <> p_fingerprint[i] THEN 'reused'
+                WHEN k.state <> 'completed' THEN 'in_use'
+                ELSE 'replayed' END,
+           CASE WHEN k.fingerprint = p_fingerprint[i] THEN k.status_code END,
+           CASE WHEN k.fingerprint = p_fingerprint[i] THEN k.response_body END
+      FROM generate_subscripts(p_idx, 1) AS i
+      LEFT JOIN idempotency_keys k ON k.merchant_id = p_merchant[i] AND k.key = p_key[i]
+$$;
+
 CREATE TYPE ledger_pay_item AS (
     idx int, merchant_id text, key text, fingerprint bytea, payment_id text,
     account_id text, amount bigint, currency text, description text, metadata jsonb,
@@ -119,10 +204,7 @@ RETURNS TABLE (idx int, merchant_id text, outcome text, status_code int, respons
 LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
 DECLARE
     v_items ledger_pay_item[];
-    v_claimed int[] := '{}';
-    v_busy int[] := '{}';
-    v_lock_timeout text := current_setting('lock_timeout');
-    v_item ledger_pay_item;
+    v_claim record;
 BEGIN
     -- Who is asking, which account, and the answer (nothing locked or written yet).
     SELECT array_agg(ROW(
@@ -143,75 +225,39 @@ BEGIN
       LEFT JOIN accounts a ON a.merchant_id = k.merchant_id AND a.currency = p_currency[i];
 
     -- Claim the keys with their final answers, in lock order.
-    PERFORM set_config('lock_timeout', '1ms', true);
-    BEGIN
-        WITH claimed AS (
-            INSERT INTO idempotency_keys (merchant_id, key, fingerprint, method, path, state,
-                                          status_code, response_body, completed_at)
-            SELECT DISTINCT ON (it.merchant_id, it.key)
-                   it.merchant_id, it.key, it.fingerprint, p_method, p_path, 'completed',
-                   it.status_code, it.response_body, now()
-              FROM unnest(v_items) it
-             WHERE it.outcome IS NULL
-             ORDER BY it.merchant_id, it.key, it.idx
-            ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING
-            RETURNING idempotency_keys.merchant_id, idempotency_keys.key
-        )
-        SELECT coalesce(array_agg(first.idx), '{}') INTO v_claimed
-          FROM claimed c
-          CROSS JOIN LATERAL (
-              SELECT min(it.idx) AS idx FROM unnest(v_items) it
-               WHERE it.merchant_id = c.merchant_id AND it.key = c.key) first;
-    EXCEPTION WHEN lock_not_available THEN
-        v_claimed := '{}';
-        FOR v_item IN
-            SELECT DISTINCT ON (it.merchant_id, it.key) it.*
-              FROM unnest(v_items) it
-             WHERE it.outcome IS NULL
-             ORDER BY it.merchant_id, it.key, it.idx
-        LOOP
-            BEGIN
-                INSERT INTO idempotency_keys (merchant_id, key, fingerprint, method, path,
-                                              state, status_code, response_body, completed_at)
-                VALUES (v_item.merchant_id, v_item.key, v_item.fingerprint, p_method, p_path,
-                        'completed', v_item.status_code, v_item.response_body, now())
-                ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING;
-                IF FOUND THEN
-                    v_claimed := v_claimed || v_item.idx;
-                END IF;
-            EXCEPTION WHEN lock_not_available THEN
-                v_busy := v_busy || v_item.idx;
-            END;
-        END LOOP;
-    END;
-    PERFORM set_config('lock_timeout', v_lock_timeout, true);
+    SELECT c.claimed, c.busy INTO v_claim
+      FROM (SELECT array_agg(it.idx) AS idx, array_agg(it.merchant_id) AS merchant,
+                   array_agg(it.key) AS key, array_agg(it.fingerprint) AS fp,
+                   array_agg(p_path) AS path, array_agg(it.status_code) AS status,
+                   array_agg(it.response_body) AS body
+              FROM unnest(v_items) it WHERE it.outcome IS NULL) a,
+           ledger_claim_keys(a.idx, a.merchant, a.key, a.fp, p_method, a.path, a.status,
+                             a.body) c;
 
     -- Every other item: what its key already holds (committed, or claimed above).
     SELECT array_agg(ROW(
                it.idx, it.merchant_id, it.key, it.fingerprint, it.payment_id, it.account_id,
                it.amount, it.currency, it.description, it.metadata, it.review,
                it.system_account,
-               CASE WHEN it.outcome IS NOT NULL OR it.idx = ANY (v_claimed) THEN it.status_code
-                    WHEN it.idx = ANY (v_busy) OR k.key IS NULL
-                         OR k.fingerprint <> it.fingerprint OR k.state <> 'completed' THEN NULL
-                    ELSE k.status_code END,
-               CASE WHEN it.outcome IS NOT NULL OR it.idx = ANY (v_claimed) THEN it.response_body
-                    WHEN it.idx = ANY (v_busy) OR k.key IS NULL
-                         OR k.fingerprint <> it.fingerprint OR k.state <> 'completed' THEN NULL
-                    ELSE k.response_body END,
+               CASE WHEN it.outcome IS NOT NULL OR it.idx = ANY (v_claim.claimed)
+                    THEN it.status_code ELSE k.status_code END,
+               CASE WHEN it.outcome IS NOT NULL OR it.idx = ANY (v_claim.claimed)
+                    THEN it.response_body ELSE k.response_body END,
                CASE WHEN it.outcome IS NOT NULL THEN it.outcome
-                    WHEN it.idx = ANY (v_claimed) THEN 'created'
-                    WHEN it.idx = ANY (v_busy) THEN 'busy'
-                    WHEN k.key IS NULL THEN 'vanished'
-                    WHEN k.fingerprint <> it.fingerprint THEN 'reused'
-                    WHEN k.state <> 'completed' THEN 'in_use'
-                    ELSE 'replayed' END
+                    WHEN it.idx = ANY (v_claim.claimed) THEN 'created'
+                    WHEN it.idx = ANY (v_claim.busy) THEN 'busy'
+                    ELSE k.outcome END
            )::ledger_pay_item ORDER BY it.idx)
       INTO v_items
       FROM unnest(v_items) it
-      LEFT JOIN idempotency_keys k
-        ON k.merchant_id = it.merchant_id AND k.key = it.key
-       AND it.outcome IS NULL AND NOT it.idx = ANY (v_claimed);
+      LEFT JOIN (SELECT l.* FROM
+                   (SELECT array_agg(u.idx) AS idx, array_agg(u.merchant_id) AS merchant,
+                           array_agg(u.key) AS key, array_agg(u.fingerprint) AS fp
+                      FROM unnest(v_items) u
+                     WHERE u.outcome IS NULL AND NOT u.idx = ANY (v_claim.claimed)
+                       AND NOT u.idx = ANY (v_claim.busy)) a,
+                   ledger_key_lookup(a.idx, a.merchant, a.key, a.fp) l) k
+        ON k.idx = it.idx;
 
     -- Post and record the new payments: one journal transaction each, all
     -- entries in one INSERT, so the statement trigger above checks and applies
@@ -243,5 +289,196 @@ BEGIN
     RETURN QUERY
         SELECT it.idx, it.merchant_id, it.outcome, it.status_code, it.response_body
           FROM unnest(v_items) it ORDER BY it.idx;
+END
+$$;
+
+-- Refunds and payouts. p_kind: 'refund' (p_payment_id) or 'payout'
+-- (p_currency; p_no_account is its stored 422 when the merchant has none).
+-- p_refusals holds the stored 422 answers by code ('insufficient_funds',
+-- 'refund_exceeds_payment', 'payment_not_refundable:<status>'). p_shard
+-- picks the system shard of the item's currency. Also returns the currency
+-- moved (a refund's is its payment's).
+CREATE TYPE ledger_debit_item AS (
+    idx int, merchant_id text, key text, fingerprint bytea, path text, kind text,
+    object_id text, payment_id text, account_id text, amount bigint, currency text,
+    shard int, status_code int, response_body text, outcome text
+);
+
+-- Locks accounts as a posting would (FOR NO KEY UPDATE, in id order), so a
+-- batch can decide insufficient_funds under the lock. SECURITY DEFINER: the
+-- runtime role has no UPDATE on accounts, which such a lock requires; it may
+-- execute this (migrate --app-role grants it), nobody else.
+CREATE FUNCTION ledger_lock_accounts(p_ids text[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    PERFORM 1 FROM accounts a WHERE a.id = ANY (p_ids) ORDER BY a.id FOR NO KEY UPDATE;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ledger_lock_accounts(text[]) FROM PUBLIC;
+
+CREATE FUNCTION ledger_debit_batch(
+    p_key_hash bytea[], p_key text[], p_fingerprint bytea[], p_method text, p_path text[],
+    p_kind text[], p_object_id text[], p_payment_id text[], p_amount bigint[],
+    p_currency text[], p_shard int[], p_no_account text[], p_refusals jsonb)
+RETURNS TABLE (idx int, merchant_id text, outcome text, status_code int, response_body text,
+               currency text)
+LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
+DECLARE
+    v_items ledger_debit_item[];
+    v_done ledger_debit_item[] := '{}';
+    v_claim record;
+    v record;
+    v_it ledger_debit_item;
+    v_balance jsonb := '{}';  -- account id -> balance left, in item order
+    v_left jsonb := '{}';  -- payment id -> amount left to refund, in item order
+    v_have bigint;
+BEGIN
+    SELECT array_agg(ROW(
+               i, k.merchant_id, p_key[i], p_fingerprint[i], p_path[i], p_kind[i],
+               p_object_id[i], p_payment_id[i], a.id, p_amount[i], p_currency[i], p_shard[i],
+               NULL, NULL, CASE WHEN k.merchant_id IS NULL THEN 'unauthorized' END
+           )::ledger_debit_item ORDER BY i)
+      INTO v_items
+      FROM generate_subscripts(p_key_hash, 1) AS i
+      LEFT JOIN api_keys k ON k.key_hash = p_key_hash[i] AND k.revoked_at IS NULL
+      LEFT JOIN accounts a
+        ON p_kind[i] = 'payout' AND a.merchant_id = k.merchant_id AND a.currency = p_currency[i];
+
+    -- 1. Keys, claimed in progress: the answers depend on the rows locked next.
+    SELECT c.claimed, c.busy INTO v_claim
+      FROM (SELECT array_agg(it.idx) AS idx, array_agg(it.merchant_id) AS merchant,
+                   array_agg(it.key) AS key, array_agg(it.fingerprint) AS fp,
+                   array_agg(it.path) AS path
+              FROM unnest(v_items) it WHERE it.outcome IS NULL) a,
+           ledger_claim_keys(a.idx, a.merchant, a.key, a.fp, p_method, a.path, NULL, NULL) c;
+
+    -- 2. Refunded payments, then 3. merchant accounts, each locked in id order.
+    PERFORM 1 FROM payments p
+      WHERE p.id IN (SELECT it.payment_id FROM unnest(v_items) it
+                      WHERE it.idx = ANY (v_claim.claimed) AND it.kind = 'refund')
+      ORDER BY p.id
+        FOR UPDATE;
+    PERFORM ledger_lock_accounts(array_agg(coalesce(it.account_id, p.account_id)))
+       FROM unnest(v_items) it
+       LEFT JOIN payments p
+         ON it.kind = 'refund' AND p.id = it.payment_id AND p.merchant_id = it.merchant_id
+      WHERE it.idx = ANY (v_claim.claimed);
+
+    -- Decide each claimed item in item order, as the single path would one
+    -- after the other: not found, not refundable, exceeds the payment, no
+    -- account, insufficient funds, or accepted (and then counted against the
+    -- balance and the payment for the items after it).
+    FOR v IN
+        SELECT it.*, p.id AS p_id, p.status AS p_status, p.amount - p.amount_refunded AS p_left,
+               p.account_id AS p_account, p.currency AS p_currency, a.balance
+          FROM unnest(v_items) it
+          LEFT JOIN payments p
+            ON it.kind = 'refund' AND p.id = it.payment_id AND p.merchant_id = it.merchant_id
+          LEFT JOIN accounts a ON a.id = coalesce(it.account_id, p.account_id)
+         WHERE it.idx = ANY (v_claim.claimed)
+         ORDER BY it.idx
+    LOOP
+        v_it := ROW(v.idx, v.merchant_id, v.key, v.fingerprint, v.path, v.kind, v.object_id,
+                    v.payment_id, coalesce(v.account_id, v.p_account),
+                    v.amount, coalesce(v.currency, v.p_currency), v.shard, 422, NULL, 'created');
+        v_have := coalesce((v_balance ->> v_it.account_id)::bigint, v.balance);
+        IF v.kind = 'refund' AND v.p_id IS NULL THEN
+            v_it.status_code := NULL;
+            v_it.outcome := 'not_found';
+        ELSIF v.kind = 'refund' AND v.p_status <> 'succeeded' THEN
+            v_it.response_body := p_refusals ->> ('payment_not_refundable:' || v.p_status);
+        ELSIF v.kind = 'refund'
+              AND v.amount > coalesce((v_left ->> v.p_id)::bigint, v.p_left) THEN
+            v_it.response_body := p_refusals ->> 'refund_exceeds_payment';
+        ELSIF v_it.account_id IS NULL THEN
+            v_it.response_body := p_no_account[v.idx];
+        ELSIF v.amount > v_have THEN
+            v_it.response_body := p_refusals ->> 'insufficient_funds';
+        ELSE
+            v_it.status_code := 201;
+            v_balance := v_balance || jsonb_build_object(v_it.account_id, v_have - v.amount);
+            IF v.kind = 'refund' THEN
+                v_left := v_left || jsonb_build_object(
+                    v.p_id, coalesce((v_left ->> v.p_id)::bigint, v.p_left) - v.amount);
+            END IF;
+            v_it.response_body := jsonb_build_object(
+                'id', v_it.object_id, 'object', v_it.kind,
+                CASE WHEN v.kind = 'refund' THEN 'payment_id' ELSE 'account_id' END,
+                CASE WHEN v.kind = 'refund' THEN v_it.payment_id ELSE v_it.account_id END,
+                'amount', v_it.amount, 'currency', v_it.currency, 'status', 'succeeded',
+                'created_at',
+                to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text;
+        END IF;
+        v_done := v_done || v_it;
+    END LOOP;
+
+    -- 4. Post the accepted ones (the entries trigger locks the shards last)
+    -- and record them.
+    WITH ok AS (
+        SELECT * FROM unnest(v_done) d WHERE d.status_code = 201
+    ), tx AS (
+        INSERT INTO journal_transactions (kind, source_id, currency)
+        SELECT ok.kind, ok.object_id, ok.currency FROM ok ORDER BY ok.idx
+        RETURNING journal_transactions.id, journal_transactions.source_id
+    ), posted AS (
+        INSERT INTO entries (transaction_id, account_id, direction, amount)
+        SELECT tx.id, leg.account_id, leg.direction, ok.amount
+          FROM tx JOIN ok ON ok.object_id = tx.source_id
+         CROSS JOIN LATERAL (
+               VALUES (ok.account_id, 'debit'),
+                      ('acct_sys_' || lower(ok.currency) || '_' || lpad(ok.shard::text, 2, '0'),
+                       'credit')) AS leg (account_id, direction)
+        RETURNING 1
+    ), refunded AS (
+        INSERT INTO refunds (id, merchant_id, payment_id, amount, currency, status,
+                             transaction_id, created_at)
+        SELECT ok.object_id, ok.merchant_id, ok.payment_id, ok.amount, ok.currency,
+               'succeeded', tx.id, now()
+          FROM ok JOIN tx ON tx.source_id = ok.object_id WHERE ok.kind = 'refund'
+        RETURNING 1
+    ), paid_out AS (
+        INSERT INTO payouts (id, merchant_id, account_id, amount, currency, status,
+                             transaction_id, created_at)
+        SELECT ok.object_id, ok.merchant_id, ok.account_id, ok.amount, ok.currency,
+               'succeeded', tx.id, now()
+          FROM ok JOIN tx ON tx.source_id = ok.object_id WHERE ok.kind = 'payout'
+        RETURNING 1
+    )
+    UPDATE payments p
+       SET amount_refunded = p.amount_refunded + r.total, updated_at = now()
+      FROM (SELECT ok.payment_id, sum(ok.amount) AS total
+              FROM ok WHERE ok.kind = 'refund' GROUP BY ok.payment_id) r
+     WHERE p.id = r.payment_id;
+
+    -- 5. Store the answers; a refund of no such payment stores nothing (404).
+    UPDATE idempotency_keys k
+       SET state = 'completed', status_code = d.status_code,
+           response_body = d.response_body, completed_at = now()
+      FROM unnest(v_done) d
+     WHERE d.outcome = 'created' AND k.merchant_id = d.merchant_id AND k.key = d.key;
+    DELETE FROM idempotency_keys k
+     USING unnest(v_done) d
+     WHERE d.outcome = 'not_found' AND k.merchant_id = d.merchant_id AND k.key = d.key;
+
+    -- 6. Every other item: what its key holds now (duplicates inside the batch
+    -- see their first item's stored answer).
+    RETURN QUERY
+        SELECT it.idx, it.merchant_id,
+               coalesce(d.outcome, it.outcome,
+                        CASE WHEN it.idx = ANY (v_claim.busy) THEN 'busy' END, l.outcome),
+               coalesce(d.status_code, l.status_code),
+               coalesce(d.response_body, l.response_body),
+               d.currency
+          FROM unnest(v_items) it
+          LEFT JOIN unnest(v_done) d ON d.idx = it.idx
+          LEFT JOIN (SELECT l.* FROM
+                       (SELECT array_agg(u.idx) AS idx, array_agg(u.merchant_id) AS merchant,
+                               array_agg(u.key) AS key, array_agg(u.fingerprint) AS fp
+                          FROM unnest(v_items) u
+                         WHERE u.outcome IS NULL AND NOT u.idx = ANY (v_claim.claimed)
+                           AND NOT u.idx = ANY (v_claim.busy)) a,
+                       ledger_key_lookup(a.idx, a.merchant, a.key, a.fp) l) l
+            ON l.idx = it.idx
+         ORDER BY it.idx;
 END
 $$;
