@@ -234,36 +234,12 @@ BEGIN
            ledger_claim_keys(a.idx, a.merchant, a.key, a.fp, p_method, a.path, a.status,
                              a.body) c;
 
-    -- Every other item: what its key already holds (committed, or claimed above).
-    SELECT array_agg(ROW(
-               it.idx, it.merchant_id, it.key, it.fingerprint, it.payment_id, it.account_id,
-               it.amount, it.currency, it.description, it.metadata, it.review,
-               it.system_account,
-               CASE WHEN it.outcome IS NOT NULL OR it.idx = ANY (v_claim.claimed)
-                    THEN it.status_code ELSE k.status_code END,
-               CASE WHEN it.outcome IS NOT NULL OR it.idx = ANY (v_claim.claimed)
-                    THEN it.response_body ELSE k.response_body END,
-               CASE WHEN it.outcome IS NOT NULL THEN it.outcome
-                    WHEN it.idx = ANY (v_claim.claimed) THEN 'created'
-                    WHEN it.idx = ANY (v_claim.busy) THEN 'busy'
-                    ELSE k.outcome END
-           )::ledger_pay_item ORDER BY it.idx)
-      INTO v_items
-      FROM unnest(v_items) it
-      LEFT JOIN (SELECT l.* FROM
-                   (SELECT array_agg(u.idx) AS idx, array_agg(u.merchant_id) AS merchant,
-                           array_agg(u.key) AS key, array_agg(u.fingerprint) AS fp
-                      FROM unnest(v_items) u
-                     WHERE u.outcome IS NULL AND NOT u.idx = ANY (v_claim.claimed)
-                       AND NOT u.idx = ANY (v_claim.busy)) a,
-                   ledger_key_lookup(a.idx, a.merchant, a.key, a.fp) l) k
-        ON k.idx = it.idx;
-
     -- Post and record the new payments: one journal transaction each, all
     -- entries in one INSERT, so the statement trigger above checks and applies
     -- them together (and locks their accounts in lock order).
     WITH created AS (
-        SELECT * FROM unnest(v_items) it WHERE it.outcome = 'created' AND it.status_code = 201
+        SELECT * FROM unnest(v_items) it
+         WHERE it.idx = ANY (v_claim.claimed) AND it.status_code = 201
     ), tx AS (
         INSERT INTO journal_transactions (kind, source_id, currency)
         SELECT 'payment', c.payment_id, c.currency FROM created c WHERE NOT c.review
@@ -286,9 +262,28 @@ BEGIN
       FROM created c LEFT JOIN tx ON tx.source_id = c.payment_id
      ORDER BY c.idx;
 
+    -- Every other item: what its key holds now (committed before, or claimed
+    -- above by an earlier item of this batch).
     RETURN QUERY
-        SELECT it.idx, it.merchant_id, it.outcome, it.status_code, it.response_body
-          FROM unnest(v_items) it ORDER BY it.idx;
+        SELECT it.idx, it.merchant_id,
+               CASE WHEN it.outcome IS NOT NULL THEN it.outcome
+                    WHEN it.idx = ANY (v_claim.claimed) THEN 'created'
+                    WHEN it.idx = ANY (v_claim.busy) THEN 'busy'
+                    ELSE l.outcome END,
+               CASE WHEN it.outcome IS NOT NULL OR it.idx = ANY (v_claim.claimed)
+                    THEN it.status_code ELSE l.status_code END,
+               CASE WHEN it.outcome IS NOT NULL OR it.idx = ANY (v_claim.claimed)
+                    THEN it.response_body ELSE l.response_body END
+          FROM unnest(v_items) it
+          LEFT JOIN (SELECT l.* FROM
+                       (SELECT array_agg(u.idx) AS idx, array_agg(u.merchant_id) AS merchant,
+                               array_agg(u.key) AS key, array_agg(u.fingerprint) AS fp
+                          FROM unnest(v_items) u
+                         WHERE u.outcome IS NULL AND NOT u.idx = ANY (v_claim.claimed)
+                           AND NOT u.idx = ANY (v_claim.busy)) a,
+                       ledger_key_lookup(a.idx, a.merchant, a.key, a.fp) l) l
+            ON l.idx = it.idx
+         ORDER BY it.idx;
 END
 $$;
 
