@@ -335,3 +335,21 @@ async def test_refunds_and_payouts_keep_their_own_answers(api, owner_conn):
         assert again.headers["Idempotent-Replayed"] == "true"
     report = await reconcile.run(owner_conn, record=False)
     assert report["ok"], report
+
+
+def test_batch_settings_are_validated():
+    from paycore_ledger import config
+
+    base = {"PAYCORE_DATABASE_URL": "postgresql://u@127.0.0.1/db"}
+    loaded = config.load(base)
+    assert (loaded.post_batch_max, loaded.post_batch_window_us) == (64, 200)
+    off = config.load({**base, "PAYCORE_POST_BATCH_MAX": "1", "PAYCORE_POST_BATCH_WINDOW_US": "0"})
+    assert (off.post_batch_max, off.post_batch_window_us) == (1, 0)
+    for name, value in (
+        ("PAYCORE_POST_BATCH_MAX", "0"),
+        ("PAYCORE_POST_BATCH_MAX", "many"),
+        ("PAYCORE_POST_BATCH_WINDOW_US", "-1"),
+        ("PAYCORE_POST_BATCH_WINDOW_US", "100001"),
+    ):
+        with pytest.raises(config.ConfigError, match=name):
+            config.load({**base, name: value})
