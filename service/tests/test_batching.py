@@ -8,7 +8,6 @@ import os
 import signal
 import time
 import uuid
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -18,6 +17,7 @@ from paycore_ledger import ledger, merchants, reconcile
 from paycore_ledger.app import create_app
 from paycore_ledger.batching import MAX_IN_FLIGHT
 from paycore_ledger.idempotency import fingerprint
+from test_process import _children
 
 # A wide window so that requests sent together surely share one batch.
 WIDE = {"post_batch_max": 64, "post_batch_window_us": 100_000}
@@ -177,19 +177,6 @@ async def test_batch_size_one_is_one_commit_per_payment(aiohttp_client, database
     assert await _commits(owner_conn, api.merchant_id) == 8
 
 
-def _workers(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry.name))
-    return found
-
-
 async def test_worker_killed_during_batches_leaves_nothing_half_applied(
     database, serve, owner_conn
 ):
@@ -242,7 +229,7 @@ async def test_worker_killed_during_batches_leaves_nothing_half_applied(
             while await watcher.fetchval(waiting) < MAX_IN_FLIGHT + 1:
                 assert time.monotonic() < deadline, "batches never reached the database"
                 await asyncio.sleep(0.05)
-            victim = min(_workers(server.proc.pid))
+            victim = min(_children(server.proc.pid))
             os.kill(victim, signal.SIGKILL)
             await asyncio.sleep(0.3)
         finally:
@@ -252,7 +239,7 @@ async def test_worker_killed_during_batches_leaves_nothing_half_applied(
         lost = [o for o in outcomes if isinstance(o, BaseException)]
         assert lost, "the killed worker had no request in flight"
         deadline = time.monotonic() + 20
-        while len(_workers(server.proc.pid) - {victim}) < 2:  # replaced by the supervisor
+        while len(_children(server.proc.pid) - {victim}) < 2:  # replaced by the supervisor
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
 

@@ -18,10 +18,10 @@ from typing import Any
 import asyncpg
 
 from . import idempotency, ledger
-from .auth import authenticate, hash_key, unauthorized
+from .auth import authenticate, hash_key
 from .ids import new_id
 from .logs import merchant_id_var
-from .payment_call import PayOutcome
+from .payment_call import PayOutcome, not_created
 from .problems import Problem
 
 _BATCH_CALL = (
@@ -117,24 +117,14 @@ def answer_for(req: DebitRequest, result: Result) -> idempotency.Answer | None:
     merchant_id_var.set(merchant_id)
     if outcome == "not_found":
         raise Problem(404, "not_found", "no such payment")
-    match PayOutcome(outcome):
-        case PayOutcome.CREATED:
-            if status == 201:
-                movement = ledger.Movement(req.kind, currency, "succeeded", req.amount)
-                body = {"object": req.kind, "id": object_id}
-                return idempotency.Answer(201, text, False, ledger.Outcome(201, body, movement))
-            code = json.loads(text)["code"]
-            return idempotency.Answer(status, text, False, ledger.Outcome(status, {"code": code}))
-        case PayOutcome.REPLAYED:
-            return idempotency.replayed(status, text)
-        case PayOutcome.UNAUTHORIZED:
-            raise unauthorized()
-        case PayOutcome.REUSED:
-            raise idempotency.reused()
-        case PayOutcome.IN_USE:
-            raise idempotency.in_use()
-        case PayOutcome.VANISHED | PayOutcome.BUSY:
-            return None
+    if outcome != PayOutcome.CREATED:
+        return not_created(PayOutcome(outcome), status, text)
+    if status == 201:
+        movement = ledger.Movement(req.kind, currency, "succeeded", req.amount)
+        body = {"object": req.kind, "id": object_id}
+        return idempotency.Answer(201, text, False, ledger.Outcome(201, body, movement))
+    code = json.loads(text)["code"]  # a stored refusal
+    return idempotency.Answer(status, text, False, ledger.Outcome(status, {"code": code}))
 
 
 async def run_alone(conn: asyncpg.Connection, req: DebitRequest) -> idempotency.Answer:

@@ -162,9 +162,17 @@ def answer_for(req: PaymentRequest, result: Result) -> idempotency.Answer | None
     its key vanished meanwhile, or (batch only) another request still holds it."""
     payment_id, merchant_id, outcome, status, text = result
     merchant_id_var.set(merchant_id)
-    match PayOutcome(outcome):
-        case PayOutcome.CREATED:
-            return _created(status, text, payment_id, req.currency, req.amount, req.review)
+    if outcome == PayOutcome.CREATED:
+        return _created(status, text, payment_id, req.currency, req.amount, req.review)
+    return not_created(PayOutcome(outcome), status, text)
+
+
+def not_created(
+    outcome: PayOutcome, status: int | None, text: str | None
+) -> idempotency.Answer | None:
+    """The answer for a batch or ledger_pay outcome that created nothing; None:
+    the request must run (again) on its own."""
+    match outcome:
         case PayOutcome.REPLAYED:
             return idempotency.replayed(status, text)
         case PayOutcome.UNAUTHORIZED:
@@ -173,8 +181,7 @@ def answer_for(req: PaymentRequest, result: Result) -> idempotency.Answer | None
             raise idempotency.reused()
         case PayOutcome.IN_USE:
             raise idempotency.in_use()
-        case PayOutcome.VANISHED | PayOutcome.BUSY:
-            return None
+    return None  # vanished, busy
 
 
 def _created(

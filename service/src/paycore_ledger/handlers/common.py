@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from .. import idempotency, metrics, validation
-from ..app_keys import DB_KEY
+from .. import debit_call, idempotency, metrics, validation
+from ..app_keys import DB_KEY, DEBIT_BATCHER_KEY
 from ..auth import authenticate, bearer_token
 from ..ids import valid_id
 from ..ledger import Outcome
@@ -100,6 +100,21 @@ async def idempotent_post(
         action=action,
     )
     return respond(answer)
+
+
+async def batched_debit(
+    request: web.Request,
+    kind: str,
+    fields: Callable[[web.Request], Awaitable[dict[str, Any]]],
+) -> web.Response:
+    """A refund or payout through the worker's group commit (batching.py):
+    `fields` reads and checks the request (after authentication, see
+    refusals_after_authentication) and returns debit_request's arguments."""
+    token = bearer_token(request)
+    async with refusals_after_authentication(request, token):
+        values = await fields(request)
+    req = debit_call.debit_request(request.method, request.path, token=token, kind=kind, **values)
+    return respond(await request.app[DEBIT_BATCHER_KEY].answer(req))
 
 
 def respond(answer: idempotency.Answer) -> web.Response:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 from aiohttp import web
 
-from .. import debit_call, ledger, payment_call, validation
+from .. import ledger, payment_call, validation
 from ..app_keys import DB_KEY, DEBIT_BATCHER_KEY, PAYMENT_BATCHER_KEY, SETTINGS_KEY
 from ..auth import bearer_token
 from ..problems import Problem
 from .common import (
     authenticated,
+    batched_debit,
     idempotent_post,
     json_response,
     path_id,
@@ -68,43 +71,30 @@ async def get_payment(request: web.Request, conn: asyncpg.Connection, merchant_i
 
 
 async def create_refund(request: web.Request) -> web.Response:
-    batcher = request.app.get(DEBIT_BATCHER_KEY)
-    if batcher is None:
-        return await _create_refund_alone(request)
-    token = bearer_token(request)
-    async with refusals_after_authentication(request, token):
-        payment_id, key, body, amount = await _refund_fields(request)
-    req = debit_call.debit_request(
-        request.method,
-        request.path,
-        token=token,
-        key=key,
-        body=body,
-        kind="refund",
-        amount=amount,
-        payment_id=payment_id,
-    )
-    return respond(await batcher.answer(req))
+    if DEBIT_BATCHER_KEY in request.app:
+        return await batched_debit(request, "refund", _refund_fields)
+    return await _create_refund_alone(request)
 
 
 @authenticated
 async def _create_refund_alone(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
-    payment_id, key, body, amount = await _refund_fields(request)
+    fields = await _refund_fields(request)
 
     async def action(tx: asyncpg.Connection) -> ledger.Outcome:
         return await ledger.create_refund(
-            tx, merchant_id=merchant_id, payment_id=payment_id, amount=amount
+            tx, merchant_id=merchant_id, payment_id=fields["payment_id"], amount=fields["amount"]
         )
 
-    return await idempotent_post(request, conn, merchant_id, key, body, action)
+    return await idempotent_post(request, conn, merchant_id, fields["key"], fields["body"], action)
 
 
-async def _refund_fields(request: web.Request) -> tuple[str, str, dict, int]:
+async def _refund_fields(request: web.Request) -> dict[str, Any]:
     payment_id = path_id(request, "pay", "payment")
     key = validation.idempotency_key(request)
     body = await validation.read_json(request)
     validation.reject_unknown(body, {"amount"})
-    return payment_id, key, body, validation.amount(body)
+    amount = validation.amount(body)
+    return {"key": key, "body": body, "amount": amount, "payment_id": payment_id}
 
 
 @authenticated
