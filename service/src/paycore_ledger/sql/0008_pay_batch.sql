@@ -171,11 +171,12 @@ BEGIN
 END
 $$;
 
--- What each key already holds, for the items that did not claim theirs:
--- 'replayed' with the stored answer, 'reused' (another request), 'in_use'
--- (not completed) or 'vanished' (not there: purged, or its claim was undone).
+-- What each key already holds, for the items that did not claim theirs (all
+-- but p_skip): 'replayed' with the stored answer, 'reused' (another
+-- request), 'in_use' (not completed) or 'vanished' (not there: purged, or
+-- its claim was undone).
 CREATE FUNCTION ledger_key_lookup(
-    p_idx int[], p_merchant text[], p_key text[], p_fingerprint bytea[])
+    p_idx int[], p_merchant text[], p_key text[], p_fingerprint bytea[], p_skip int[])
 RETURNS TABLE (idx int, outcome text, status_code int, response_body text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $$
     SELECT p_idx[i],
@@ -187,6 +188,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $$
            CASE WHEN k.fingerprint = p_fingerprint[i] THEN k.response_body END
       FROM generate_subscripts(p_idx, 1) AS i
       LEFT JOIN idempotency_keys k ON k.merchant_id = p_merchant[i] AND k.key = p_key[i]
+     WHERE NOT p_idx[i] = ANY (p_skip)
 $$;
 
 CREATE TYPE ledger_pay_item AS (
@@ -225,7 +227,7 @@ BEGIN
       LEFT JOIN accounts a ON a.merchant_id = k.merchant_id AND a.currency = p_currency[i];
 
     -- Claim the keys with their final answers, in lock order.
-    SELECT c.claimed, c.busy INTO v_claim
+    SELECT a.*, c.claimed, c.busy INTO v_claim
       FROM (SELECT array_agg(it.idx) AS idx, array_agg(it.merchant_id) AS merchant,
                    array_agg(it.key) AS key, array_agg(it.fingerprint) AS fp,
                    array_agg(p_path) AS path, array_agg(it.status_code) AS status,
@@ -275,13 +277,8 @@ BEGIN
                CASE WHEN it.outcome IS NOT NULL OR it.idx = ANY (v_claim.claimed)
                     THEN it.response_body ELSE l.response_body END
           FROM unnest(v_items) it
-          LEFT JOIN (SELECT l.* FROM
-                       (SELECT array_agg(u.idx) AS idx, array_agg(u.merchant_id) AS merchant,
-                               array_agg(u.key) AS key, array_agg(u.fingerprint) AS fp
-                          FROM unnest(v_items) u
-                         WHERE u.outcome IS NULL AND NOT u.idx = ANY (v_claim.claimed)
-                           AND NOT u.idx = ANY (v_claim.busy)) a,
-                       ledger_key_lookup(a.idx, a.merchant, a.key, a.fp) l) l
+          LEFT JOIN ledger_key_lookup(v_claim.idx, v_claim.merchant, v_claim.key, v_claim.fp,
+                                      v_claim.claimed || v_claim.busy) l
             ON l.idx = it.idx
          ORDER BY it.idx;
 END
@@ -340,7 +337,7 @@ BEGIN
         ON p_kind[i] = 'payout' AND a.merchant_id = k.merchant_id AND a.currency = p_currency[i];
 
     -- 1. Keys, claimed in progress: the answers depend on the rows locked next.
-    SELECT c.claimed, c.busy INTO v_claim
+    SELECT a.*, c.claimed, c.busy INTO v_claim
       FROM (SELECT array_agg(it.idx) AS idx, array_agg(it.merchant_id) AS merchant,
                    array_agg(it.key) AS key, array_agg(it.fingerprint) AS fp,
                    array_agg(it.path) AS path
@@ -466,13 +463,8 @@ BEGIN
                d.currency
           FROM unnest(v_items) it
           LEFT JOIN unnest(v_done) d ON d.idx = it.idx
-          LEFT JOIN (SELECT l.* FROM
-                       (SELECT array_agg(u.idx) AS idx, array_agg(u.merchant_id) AS merchant,
-                               array_agg(u.key) AS key, array_agg(u.fingerprint) AS fp
-                          FROM unnest(v_items) u
-                         WHERE u.outcome IS NULL AND NOT u.idx = ANY (v_claim.claimed)
-                           AND NOT u.idx = ANY (v_claim.busy)) a,
-                       ledger_key_lookup(a.idx, a.merchant, a.key, a.fp) l) l
+          LEFT JOIN ledger_key_lookup(v_claim.idx, v_claim.merchant, v_claim.key, v_claim.fp,
+                                      v_claim.claimed || v_claim.busy) l
             ON l.idx = it.idx
          ORDER BY it.idx;
 END
