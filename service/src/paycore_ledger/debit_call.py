@@ -95,8 +95,9 @@ async def call_batch(conn: asyncpg.Connection, reqs: list[DebitRequest]) -> list
         [r.payment_id for r in reqs],
         [r.amount for r in reqs],
         [r.currency for r in reqs],
-        # Spreading load, not a secret: the fast PRNG.
-        [random.randrange(ledger.SYSTEM_SHARDS) for _ in reqs],  # noqa: S311
+        # One shard for the whole batch (per currency): one system row to lock
+        # and update; spreading load, not a secret: the fast PRNG.
+        [random.randrange(ledger.SYSTEM_SHARDS)] * len(reqs),  # noqa: S311
         [None if r.currency is None else _no_account_text(r.currency) for r in reqs],
         _refusals(),
     )

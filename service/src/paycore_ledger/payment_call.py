@@ -93,7 +93,7 @@ def payment_request(
 Result = tuple[str, str | None, str, int | None, str | None]
 
 
-def call_args(req: PaymentRequest, payment_id: str) -> tuple:
+def call_args(req: PaymentRequest, payment_id: str, system_account: str | None = None) -> tuple:
     """The 13 arguments of ledger_pay (one element each of ledger_pay_batch's arrays)."""
     return (
         req.key_hash,
@@ -107,7 +107,7 @@ def call_args(req: PaymentRequest, payment_id: str) -> tuple:
         req.description,
         req.metadata_json,
         req.review,
-        ledger.pick_system_account(req.currency),
+        system_account or ledger.pick_system_account(req.currency),
         no_account_text(req.currency),
     )
 
@@ -131,7 +131,10 @@ async def call(conn: asyncpg.Connection, reqs: list[PaymentRequest]) -> list[Res
     if len(reqs) == 1:
         return [await call_one(conn, reqs[0])]
     payment_ids = [new_id("pay") for _ in reqs]
-    items = [call_args(r, p) for r, p in zip(reqs, payment_ids, strict=True)]
+    # One shard per currency for the whole batch: one system row to lock and
+    # update instead of one per payment (other batches pick theirs at random).
+    shards = {c: ledger.pick_system_account(c) for c in {r.currency for r in reqs}}
+    items = [call_args(r, p, shards[r.currency]) for r, p in zip(reqs, payment_ids, strict=True)]
     columns = [list(column) for column in zip(*items, strict=True)]
     # Method and path are the same for every item: POST /v1/payments.
     rows = await conn.fetch(_BATCH_CALL, *columns[:3], reqs[0].method, reqs[0].path, *columns[5:])
