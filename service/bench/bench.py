@@ -263,6 +263,21 @@ async def setup_merchant(owner_url: str, base: str) -> tuple[str, str]:
     return created["api_key"], account
 
 
+def create_ledger(cluster: Cluster) -> str:
+    """Database `ledger`, migrated, runtime role `paycore_app`; returns the owner's URL."""
+    cluster.psql("CREATE DATABASE ledger")
+    cluster.psql("CREATE ROLE paycore_app LOGIN")
+    owner_url = cluster.url(database="ledger")
+
+    async def migrate() -> None:
+        conn = await asyncpg.connect(owner_url)
+        await migrations.migrate(conn, "paycore_app")
+        await conn.close()
+
+    asyncio.run(migrate())
+    return owner_url
+
+
 def wait_ready(base: str) -> None:
     import urllib.request
 
@@ -299,17 +314,8 @@ def main() -> int:
     cluster.start()
     server = None
     try:
-        cluster.psql("CREATE DATABASE ledger")
+        owner_url = create_ledger(cluster)
         cluster.psql("CREATE DATABASE pgbench")
-        cluster.psql("CREATE ROLE paycore_app LOGIN")
-        owner_url = cluster.url(database="ledger")
-
-        async def migrate() -> None:
-            conn = await asyncpg.connect(owner_url)
-            await migrations.migrate(conn, "paycore_app")
-            await conn.close()
-
-        asyncio.run(migrate())
         subprocess.run(
             [
                 str(PG_BIN / "pgbench"),

@@ -27,13 +27,11 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from bench import pct, setup_merchant, wait_ready  # noqa: E402
-from paycore_ledger import migrations  # noqa: E402
+from bench import create_ledger, pct, setup_merchant, wait_ready  # noqa: E402
 from pgcluster import Cluster, free_port  # noqa: E402
 
 
@@ -90,16 +88,7 @@ def main() -> int:
     cluster.start()
     procs = []
     try:
-        cluster.psql("CREATE DATABASE ledger")
-        cluster.psql("CREATE ROLE paycore_app LOGIN")
-        owner_url = cluster.url(database="ledger")
-
-        async def migrate() -> None:
-            conn = await asyncpg.connect(owner_url)
-            await migrations.migrate(conn, "paycore_app")
-            await conn.close()
-
-        asyncio.run(migrate())
+        owner_url = create_ledger(cluster)
         bases, keys = {}, {}
         for name, src, extra in (("A", args.a_src, args.a_env), ("B", args.b_src, args.b_env)):
             proc, base = start(cluster, src, extra)
