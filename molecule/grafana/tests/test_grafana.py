@@ -196,7 +196,10 @@ def test_dashboards_loaded_with_the_datasource(host):
 
 
 def fingerprint():
-    path = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "grafana-test-key.fpr"
+    path = (
+        Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
+        / "grafana-test-key.fpr"
+    )
     if not path.exists():
         pytest.skip("needs the scenario's key fingerprint (run through `molecule verify`)")
     return path.read_text().strip()
