@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from test_alert_rules import ROLE as PROMETHEUS_ROLE
-from test_alert_rules import render, role_context
+from test_alert_rules import rendered_rules, role_context
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "roles" / "grafana" / "files" / "dashboards"
@@ -164,13 +164,7 @@ def service_metric_names() -> set[str]:
 
 def recorded_metric_names() -> set[str]:
     """Series PayCore's recording rules write (roles/prometheus, rendered with its defaults)."""
-    context = role_context()
-    names = set()
-    for name in context["_prometheus_rule_templates"]:
-        template = PROMETHEUS_ROLE / "templates" / "rules" / f"{name}.rules.yml.j2"
-        for group in yaml.safe_load(render(template, context))["groups"]:
-            names |= {rule["record"] for rule in group["rules"] if "record" in rule}
-    return names
+    return {rule["record"] for rule in rendered_rules() if "record" in rule}
 
 
 def slo_selector() -> str:

@@ -210,7 +210,7 @@ def test_inhibit_rules_name_alerts_that_exist(tmp_path):
     """An inhibit rule naming an alert no rule raises would never hold anything
     back (or, as a target, never be held back): every alertname matcher of
     the rendered configuration names one of PayCore's alerts."""
-    from test_alert_rules import ROLE, render, role_context
+    from test_alert_rules import rendered_rules
 
     result, _ = configure_alertmanager(
         tmp_path,
@@ -219,12 +219,7 @@ def test_inhibit_rules_name_alerts_that_exist(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rules = yaml.safe_load((tmp_path / "alertmanager.yml").read_text())["inhibit_rules"]
-    context = role_context()
-    alerts = set()
-    for name in context["_prometheus_rule_templates"]:
-        template = ROLE / "templates" / "rules" / f"{name}.rules.yml.j2"
-        for group in yaml.safe_load(render(template, context))["groups"]:
-            alerts |= {rule["alert"] for rule in group["rules"] if "alert" in rule}
+    alerts = {rule["alert"] for rule in rendered_rules() if "alert" in rule}
     named = []
     for rule in rules:
         for matcher in rule["source_matchers"] + rule["target_matchers"]:

@@ -16,11 +16,14 @@ import configparser
 import json
 import os
 import re
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from playbook import run_playbook
 
 DASHBOARDS = Path(__file__).resolve().parents[3] / "roles" / "grafana" / "files" / "dashboards"
 SCENARIO = Path(__file__).resolve().parents[1]
@@ -244,14 +247,7 @@ def test_package_unit_and_user(host):
 
 def apply_role(*extra_vars):
     """Runs the role on the scenario's host with extra variables; (rc, output)."""
-    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
-    if not inventory:
-        pytest.skip("needs Molecule's inventory (run through `molecule verify`)")
-    command = ["ansible-playbook", "-i", inventory, str(SCENARIO / "converge.yml")]
-    for variables in extra_vars:
-        command += ["-e", json.dumps(variables)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
-    return done.returncode, done.stdout + done.stderr
+    return run_playbook(SCENARIO / "converge.yml", *extra_vars)
 
 
 def unchanged(host, before):

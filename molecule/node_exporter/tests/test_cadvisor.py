@@ -8,17 +8,14 @@ GitHub releases are unreachable here. The tests that run it say so.
 """
 
 import hashlib
-import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 from exporter_checks import FETCH
+from playbook import run_playbook
 
 SCENARIO = Path(__file__).resolve().parents[1]
 STAND_IN = SCENARIO / "files" / "cadvisor-stand-in"
@@ -33,14 +30,7 @@ def stand_in_sha256(extra=b""):
 
 def apply_role(*extra_vars):
     """Runs cadvisor.yml (the role as converge applies it) with extra variables."""
-    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
-    if not inventory:
-        pytest.skip("needs Molecule's inventory (run through `molecule verify`)")
-    command = ["ansible-playbook", "-i", inventory, str(SCENARIO / "cadvisor.yml")]
-    for variables in extra_vars:
-        command += ["-e", json.dumps(variables)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
-    return done.returncode, done.stdout + done.stderr
+    return run_playbook(SCENARIO / "cadvisor.yml", *extra_vars)
 
 
 def installed_sha256(host):
