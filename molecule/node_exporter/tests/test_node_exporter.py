@@ -86,9 +86,9 @@ def test_the_collectors_paycore_reads_succeed(host):
 
 
 def test_timex_reads_the_clock_under_the_hardened_unit(host):
-    """ProtectClock=yes (hardening) denies adjtimex(2); the role's later drop-in
-    allows the read-only call again, while the unit keeps no capability (so it
-    still cannot set the clock)."""
+    """ProtectClock=yes (the shared sandbox) denies adjtimex(2); node-exporter's
+    unit allows the read-only call, while it keeps no capability (so it still
+    cannot set the clock)."""
     props = host.check_output(
         "systemctl show prometheus-node-exporter -p ProtectClock -p CapabilityBoundingSet"
     )
