@@ -143,3 +143,43 @@ def test_a_failed_reload_is_alerted_while_alertmanager_keeps_routing(host):
     while not reload_succeeded(host) and time.monotonic() < deadline:
         time.sleep(2)
     assert reload_succeeded(host), "the restored configuration did not load"
+
+
+def test_failing_notifications_are_alerted_and_delivered_once_the_receiver_is_back(host):
+    """The webhook receiver stops: Alertmanager's next notification fails,
+    Prometheus raises AlertmanagerNotificationsFailing (critical) from
+    alertmanager_notifications_failed_total; when the receiver is back,
+    Alertmanager's retries deliver it to the pager receiver."""
+    start = len(delivered(host))
+    host.check_output("systemctl stop webhook-recorder")
+    try:
+        now = datetime.now(UTC)
+        trigger = synthetic("HostRebooted", "warning", "notify-test", now + timedelta(minutes=10))
+        assert post(host, "http://127.0.0.1:9093/api/v2/alerts", [trigger]) == 200
+
+        def firing_in_prometheus():
+            alerts = api(host, "http://127.0.0.1:9090/api/v1/alerts")["data"]["alerts"]
+            assert any(
+                a["labels"]["alertname"] == "AlertmanagerNotificationsFailing"
+                and a["labels"].get("integration") == "webhook"
+                and a["state"] == "firing"
+                for a in alerts
+            ), "AlertmanagerNotificationsFailing not firing yet"
+
+        eventually(firing_in_prometheus, timeout=180)
+    finally:
+        host.check_output("systemctl start webhook-recorder")
+
+    def paged():
+        names = [
+            alert["labels"]["alertname"]
+            for receiver, alert in delivered_alerts(delivered(host)[start:])
+            if receiver == "pager"
+        ]
+        assert "AlertmanagerNotificationsFailing" in names, names
+
+    try:
+        eventually(paged, timeout=240)
+    finally:
+        resolved = synthetic("HostRebooted", "warning", "notify-test", datetime.now(UTC))
+        post(host, "http://127.0.0.1:9093/api/v2/alerts", [resolved])
