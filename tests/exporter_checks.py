@@ -9,7 +9,6 @@ from pathlib import Path
 import yaml
 
 PROMETHEUS_ROLE = Path(__file__).resolve().parent.parent / "roles" / "prometheus"
-RULES = PROMETHEUS_ROLE / "templates" / "rules"
 
 # Prints a URL's body from inside the lab host (python3 is in the lab image).
 FETCH = (
@@ -28,9 +27,15 @@ def families(text: str) -> set[str]:
 
 
 def rule_metric_names(prefix: str) -> set[str]:
-    """Names with this prefix that the alert rules (roles/prometheus) use."""
-    text = "\n".join(p.read_text() for p in RULES.glob("*.j2"))
-    return set(re.findall(rf"\b({prefix}[A-Za-z0-9_]+)", text))
+    """Metric names with this prefix that the rules (roles/prometheus, rendered
+    with the role's defaults) read in their expressions."""
+    from test_alert_rules import rendered_rules
+    from test_dashboards import metric_names
+
+    names = set()
+    for rule in rendered_rules():
+        names |= metric_names(rule["expr"])
+    return {name for name in names if name.startswith(prefix)}
 
 
 def alerted_node_collectors() -> set[str]:

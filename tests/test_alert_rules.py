@@ -46,6 +46,15 @@ def render(template, context):
     return env.from_string(template.read_text()).render(context)
 
 
+def rendered_rules(context=None):
+    """Every rule of the role's rule templates, rendered (default: its defaults)."""
+    context = context or role_context()
+    for name in context["_prometheus_rule_templates"]:
+        template = ROLE / "templates" / "rules" / f"{name}.rules.yml.j2"
+        for group in yaml.safe_load(render(template, context))["groups"]:
+            yield from group["rules"]
+
+
 def promtool():
     path = shutil.which("promtool")
     if path is None:

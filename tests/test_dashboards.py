@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 import yaml
 from test_alert_rules import ROLE as PROMETHEUS_ROLE
-from test_alert_rules import render, role_context
+from test_alert_rules import rendered_rules, role_context
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "roles" / "grafana" / "files" / "dashboards"
 DATASOURCE_UID = "prometheus"
-REQUIRED = {"overview", "host", "postgresql", "services", "wireguard"}
+REQUIRED = {"overview", "host", "postgresql", "services", "wireguard", "incident"}
 
 # Grafana template variables and what they become when the expression is parsed.
 TEMPLATE_VARIABLES = {"$instance": ".+", "$__rate_interval": "5m", "$__range": "1h"}
@@ -164,13 +164,7 @@ def service_metric_names() -> set[str]:
 
 def recorded_metric_names() -> set[str]:
     """Series PayCore's recording rules write (roles/prometheus, rendered with its defaults)."""
-    context = role_context()
-    names = set()
-    for name in context["_prometheus_rule_templates"]:
-        template = PROMETHEUS_ROLE / "templates" / "rules" / f"{name}.rules.yml.j2"
-        for group in yaml.safe_load(render(template, context))["groups"]:
-            names |= {rule["record"] for rule in group["rules"] if "record" in rule}
-    return names
+    return {rule["record"] for rule in rendered_rules() if "record" in rule}
 
 
 def slo_selector() -> str:
@@ -186,7 +180,7 @@ def textfile_metric_names() -> set[str]:
     return set(re.findall(r"`(paycore_[a-z0-9_]+)", text))
 
 
-def test_there_are_the_five_dashboards():
+def test_there_are_the_six_dashboards():
     assert {p.stem for p in dashboards()} >= REQUIRED
 
 
@@ -410,3 +404,36 @@ def test_collector_failures_panel_watches_what_the_alert_watches():
     expr = host["Collector failures"]["targets"][0]["expr"]
     collectors = re.search(r'collector=~"([^"]+)"', expr).group(1).split("|")
     assert collectors == role_context()["prometheus_alert_node_collectors"]
+
+
+def test_incident_dashboard_puts_api_database_and_disk_side_by_side():
+    """One glance for the correlation operators look for: the first row holds
+    the API's errors and latency, the database and the disks, on one shared
+    crosshair."""
+    board = load(DASHBOARDS / "incident.json")
+    assert board["graphTooltip"] == 1, "shared crosshair"
+    panels = [p for p in all_panels(board) if p["type"] != "row"]
+    top = min(p["gridPos"]["y"] for p in panels)
+    first_row = [p for p in panels if p["gridPos"]["y"] == top]
+    exprs = [" ".join(t["expr"] for t in p["targets"]) for p in first_row]
+    layers = {
+        "API errors": r"paycore:ledger_errors:ratio_rate5m",
+        "API latency": r"http_request_duration_seconds_bucket",
+        "database": r"paycore:ledger_query_seconds|pg_|paycore_db_pool",
+        "disk": r"node_disk_|node_filesystem_",
+    }
+    for layer, pattern in layers.items():
+        assert [e for e in exprs if re.search(pattern, e)], f"no {layer} panel in the first row"
+    assert sum(p["gridPos"]["w"] for p in first_row) <= 24, "one row, side by side"
+
+
+def test_slowest_statements_by_mean_and_by_total_time():
+    panels = {p["title"]: p for p in all_panels(load(DASHBOARDS / "postgresql.json"))}
+    mean = panels["Slowest statements by mean time"]["targets"][0]["expr"]
+    total = panels["Statements by total time"]["targets"][0]["expr"]
+    assert "pg_stat_statements_seconds_total" in mean and "pg_stat_statements_calls" in mean
+    assert "pg_stat_statements_seconds_total" in total and "pg_stat_statements_calls" not in total
+    for expr in (mean, total):
+        assert "topk(" in expr and "[$__range]" in expr and "query" in expr
+    ledger = panels["Ledger query time p99 (statement means)"]["targets"][0]["expr"]
+    assert ledger == "paycore:ledger_query_seconds:p99_5m"

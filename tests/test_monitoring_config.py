@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = ROOT / "roles"
+CADVISOR_KINDS = Path(__file__).resolve().parent / "data" / "cadvisor_metric_kinds.yml"
+CADVISOR_STAND_IN = ROOT / "molecule" / "node_exporter" / "files" / "cadvisor-stand-in"
 
 
 def run_playbook(tmp_path: Path, play: list, inventory: dict, extra_vars: dict | None = None):
@@ -112,6 +115,10 @@ def test_cadvisor_targets_are_the_hosts_that_install_it(tmp_path):
     assert targets == {"h1": ["10.44.0.3:8081"], "h3": ["10.44.0.5:8081"]}
     node = {group["labels"]["instance"] for group in jobs["node"]["static_configs"]}
     assert node == {"gw", "mon1", "h1", "h2", "h3"}
+    # The ledger every 10 s (its operators' interval), everything else at the global one.
+    assert jobs["ledger"]["scrape_interval"] == "10s"
+    assert config["global"]["scrape_interval"] == "15s"
+    assert "scrape_interval" not in jobs["node"]
 
 
 # ---------------------------------------------------------------- alertmanager
@@ -198,3 +205,86 @@ def test_a_blackhole_must_name_a_receiver(tmp_path):
     )
     assert result.returncode != 0
     assert "not tickets" in result.stdout + result.stderr
+
+
+def test_inhibit_rules_name_alerts_that_exist(tmp_path):
+    """An inhibit rule naming an alert no rule raises would never hold anything
+    back (or, as a target, never be held back): every alertname matcher of
+    the rendered configuration names one of PayCore's alerts."""
+    from test_alert_rules import rendered_rules
+
+    result, _ = configure_alertmanager(
+        tmp_path,
+        alertmanager_pager_webhook_urls=["http://127.0.0.1:9999/pager"],
+        alertmanager_ticket_webhook_urls=["http://127.0.0.1:9999/ticket"],
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rules = yaml.safe_load((tmp_path / "alertmanager.yml").read_text())["inhibit_rules"]
+    alerts = {rule["alert"] for rule in rendered_rules() if "alert" in rule}
+    named = []
+    for rule in rules:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            match = re.fullmatch(r'alertname(=~|!=|=)"([^"]*)"', matcher)
+            if match:
+                named.append((match.group(1), match.group(2)))
+    assert ("=", "HostDown") in named and ("=", "PostgresDown") in named
+    for operator, value in named:
+        names = value.split("|") if operator == "=~" else [value]
+        for name in names:
+            if name.endswith(".+"):
+                assert any(a.startswith(name[:-2]) for a in alerts), name
+            else:
+                assert name in alerts, f"inhibit rule names {name}, which no rule raises"
+
+
+# ---------------------------------------------------------------- cadvisor
+
+
+def cadvisor_kinds():
+    data = yaml.safe_load(CADVISOR_KINDS.read_text())
+    return data["versions"], set(data["kinds"])
+
+
+def cadvisor_flags(**overrides):
+    """The flags the cadvisor role passes (vars/main.yml with its defaults)."""
+    defaults = yaml.safe_load((ROLES / "cadvisor" / "defaults" / "main.yml").read_text())
+    args = yaml.safe_load((ROLES / "cadvisor" / "vars" / "main.yml").read_text())["_cadvisor_args"]
+    context = {**defaults, **overrides}
+    flags = {}
+    for arg in args:
+        name, _, value = arg.removeprefix("--").partition("=")
+        if name == "disable_metrics":
+            value = ",".join(context["cadvisor_disable_metrics"])
+        flags[name] = value
+    return context["cadvisor_version"], flags
+
+
+def invalid_kinds(version, flags):
+    versions, kinds = cadvisor_kinds()
+    assert version in versions, (
+        f"cAdvisor {version} is not in {CADVISOR_KINDS.name}: check its metric kinds"
+        " (container/factory.go at the release tag) and add the version"
+    )
+    wanted = [kind for name in ("disable_metrics", "enable_metrics") for kind in
+              filter(None, flags.get(name, "").split(","))]  # fmt: skip
+    return [kind for kind in wanted if kind not in kinds]
+
+
+def test_cadvisor_flags_are_valid_for_the_pinned_version():
+    """cAdvisor exits at start on a metric kind it does not know (MetricSet.Set);
+    the role's --disable_metrics must only name kinds of the pinned release."""
+    version, flags = cadvisor_flags()
+    assert "disable_metrics" in flags
+    assert invalid_kinds(version, flags) == []
+
+
+def test_cadvisor_flag_check_catches_a_removed_kind():
+    version, flags = cadvisor_flags(cadvisor_disable_metrics=["accelerator", "tcp"])
+    assert invalid_kinds(version, flags) == ["accelerator"]
+
+
+def test_cadvisor_stand_in_knows_the_same_kinds():
+    """The node_exporter scenario's stand-in binary rejects what cAdvisor rejects."""
+    text = CADVISOR_STAND_IN.read_text()
+    block = re.search(r"^KINDS = \{(.*?)\}", text, re.M | re.S).group(1)
+    assert set(re.findall(r'"([^"]+)"', block)) == cadvisor_kinds()[1]

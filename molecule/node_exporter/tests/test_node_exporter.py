@@ -82,7 +82,21 @@ def test_the_collectors_paycore_reads_succeed(host):
     assert alerted_node_collectors() <= set(results)
     assert failing & alerted_node_collectors() == set()
     assert failing <= NO_DATA_IN_THE_LAB
-    assert "timex" not in results, "ProtectClock denies adjtimex: the role switches timex off"
+    assert results.get("timex") == "1", "timex reads the clock state (HostClockNotSynchronised)"
+
+
+def test_timex_reads_the_clock_under_the_hardened_unit(host):
+    """ProtectClock=yes (the shared sandbox) denies adjtimex(2); node-exporter's
+    unit allows the read-only call, while it keeps no capability (so it still
+    cannot set the clock)."""
+    props = host.check_output(
+        "systemctl show prometheus-node-exporter -p ProtectClock -p CapabilityBoundingSet"
+    )
+    assert "ProtectClock=no" in props
+    assert "CapabilityBoundingSet=\n" in props + "\n"
+    text = metrics(host)
+    assert re.search(r"^node_timex_sync_status [01]$", text, re.M)
+    assert re.search(r"^node_timex_maxerror_seconds \S+$", text, re.M)
 
 
 def test_systemd_restart_counts_for_services_only(host):

@@ -1,7 +1,9 @@
-"""Verifies postgres_exporter against a real PostgreSQL on a converged lab host."""
+"""Verifies postgres_exporter against a real PostgreSQL (made by the postgresql
+role in prepare.yml, pg_stat_statements included) on a converged lab host."""
 
 import re
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
@@ -10,6 +12,16 @@ from test_dashboards import dashboard_metric_names
 
 WG = "10.44.0.5"
 PASSWORD = "molecule-only-monitor-password"
+# Every password prepare.yml's postgresql role set with CREATE/ALTER ROLE.
+ROLE_PASSWORDS = (
+    PASSWORD,
+    "molecule-only-migrator-password",
+    "molecule-only-app-password",
+)
+
+
+def psql(host, sql):
+    return host.check_output(f"runuser -u postgres -- psql -X -At -d paycore -c {sql!r}")
 
 
 def metrics(host, address="127.0.0.1"):
@@ -106,3 +118,78 @@ def test_unit_is_hardened(host):
     assert "NoNewPrivileges=yes" in props
     assert "ProtectSystem=strict" in props
     assert "User=prometheus" in props
+
+
+def test_statements_exported_per_role_with_their_text(host):
+    """pg_stat_statements, as the ledger's role ran them in prepare.yml: calls
+    and total time per statement, normalised text ($1 for the constant)."""
+    text = metrics(host)
+    calls = re.findall(
+        r'^pg_stat_statements_calls\{([^}]*usename="paycore_app"[^}]*)\} (\S+)$', text, re.M
+    )
+    ours = [
+        (labels, float(value)) for labels, value in calls if "FROM entries WHERE id > $1" in labels
+    ]
+    assert ours, calls
+    assert ours[0][1] >= 5
+    assert re.search(r'^pg_stat_statements_seconds_total\{[^}]*usename="paycore_app"', text, re.M)
+
+
+def test_open_transactions_and_wraparound_are_served(host):
+    text = metrics(host)
+    for state in ("active", "idle in transaction"):
+        assert re.search(
+            rf'^pg_open_transactions_max_age_seconds\{{[^}}]*state="{state}"[^}}]*\}} \S+$',
+            text,
+            re.M,
+        ), state
+    ages = re.findall(r"^pg_wraparound_age\{([^}]*)\} (\S+)$", text, re.M)
+    paycore = {labels for labels, _ in ages if 'datname="paycore"' in labels}
+    assert any('kind="transaction"' in labels for labels in paycore)
+    assert any('kind="multixact"' in labels for labels in paycore)
+
+
+def test_open_transactions_of_the_ledgers_role_count_and_a_superusers_do_not(host):
+    """A transaction of the runtime role shows in pg_open_transactions; the same
+    as postgres (like the backup's snapshot session) is left out."""
+    session = (
+        "PGPASSWORD=molecule-only-app-password psql -X -h 127.0.0.1 -U paycore_app -d paycore"
+        " -c 'BEGIN' -c 'SELECT 1' -c 'SELECT pg_sleep(30)' >/dev/null 2>&1 &"
+    )
+    host.check_output(f"bash -c {session!r}")
+    try:
+        deadline = 20
+        for _ in range(deadline):
+            active = re.search(
+                r'^pg_open_transactions_count\{[^}]*state="active"[^}]*\} (\S+)$',
+                metrics(host),
+                re.M,
+            )
+            if active and float(active.group(1)) >= 1:
+                break
+            time.sleep(1)
+        assert active and float(active.group(1)) >= 1
+    finally:
+        psql(
+            host,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'paycore_app'",
+        )
+    superuser = "runuser -u postgres -- psql -X -d paycore -c 'BEGIN' -c 'SELECT pg_sleep(8)'"
+    host.check_output(f"bash -c {superuser + ' >/dev/null 2>&1 &'!r}")
+    time.sleep(3)
+    count = re.search(
+        r'^pg_open_transactions_count\{[^}]*state="active"[^}]*\} (\S+)$', metrics(host), re.M
+    )
+    assert float(count.group(1)) == 0
+
+
+def test_no_statement_text_holds_a_password(host):
+    """The postgresql role set three passwords with CREATE/ALTER ROLE: utility
+    statements are not tracked, so no text in pg_stat_statements (nor the
+    exporter's labels) carries them."""
+    assert psql(host, "SHOW pg_stat_statements.track_utility") == "off"
+    texts = psql(host, "SELECT string_agg(query, ' ') FROM pg_stat_statements")
+    exported = metrics(host)
+    for secret in ROLE_PASSWORDS:
+        assert secret not in texts
+        assert secret not in exported

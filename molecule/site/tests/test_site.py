@@ -332,9 +332,11 @@ TEMPLATE_VARIABLES = {"$instance": ".+", "$__rate_interval": "5m", "$__range": "
 
 
 def dashboard_expressions():
-    """(dashboard: panel, expression) of every dashboard panel."""
+    """(dashboard: panel, expression) of every dashboard panel, those inside
+    collapsed rows included."""
     for path in sorted(DASHBOARDS.glob("*.json")):
-        for panel in json.loads(path.read_text())["panels"]:
+        top = json.loads(path.read_text())["panels"]
+        for panel in [*top, *(inner for row in top for inner in row.get("panels", []))]:
             for target in panel.get("targets", []):
                 expr = target["expr"]
                 for variable, value in TEMPLATE_VARIABLES.items():
