@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import yaml
-from awshelpers import REGION, REPO, VENV_BIN, tags_of
+from awshelpers import REGION, REPO, VENV_BIN, scenario, tags_of
 
 DEPLOYMENT = "sectest"
 PASSWORDS = [
@@ -73,27 +73,36 @@ def everything_empty_but(found: dict[str, list[str]], **expected: list[str]) -> 
         assert sorted(found[key]) == sorted(expected.get(key, [])), (key, found)
 
 
+@scenario("secrets", priority=3)
+def secrets(ctx):
+    def first_run(done):
+        sm = ctx.aws("secretsmanager")
+        # One secret exists before the first run, with someone else's tag and
+        # resource policy: it must be left exactly as it is.
+        sm.create_secret(
+            Name=f"{DEPLOYMENT}/postgresql_app_password",
+            SecretString=EXISTING,
+            Tags=[{"Key": k, "Value": v} for k, v in FOREIGN_TAGS.items()],
+        )
+        sm.put_resource_policy(
+            SecretId=f"{DEPLOYMENT}/postgresql_app_password",
+            ResourcePolicy=json.dumps(FOREIGN_POLICY),
+        )
+        # The IAM user aws-provision.yml would have made for Alertmanager.
+        ctx.aws("iam").create_user(UserName=ALERTS_USER, Path="/paycore/")
+        # -vvv shows module arguments and results: the strictest check for leaks.
+        run = ctx.run(
+            "aws-secrets.yml", "-vvv", extra_vars=secrets_vars(ctx.endpoint_url), env=ctx.aws_env
+        ).check()
+        return run, values(ctx.aws) | {CREDENTIALS: json.dumps(credentials(ctx.aws))}
+
+    return [("first run", first_run)]
+
+
 @pytest.fixture(scope="module")
-def first_run(aws, run_playbook, aws_env, endpoint_url):
-    sm = aws("secretsmanager")
-    # One secret exists before the first run, with someone else's tag and
-    # resource policy: it must be left exactly as it is.
-    sm.create_secret(
-        Name=f"{DEPLOYMENT}/postgresql_app_password",
-        SecretString=EXISTING,
-        Tags=[{"Key": k, "Value": v} for k, v in FOREIGN_TAGS.items()],
-    )
-    sm.put_resource_policy(
-        SecretId=f"{DEPLOYMENT}/postgresql_app_password",
-        ResourcePolicy=json.dumps(FOREIGN_POLICY),
-    )
-    # The IAM user aws-provision.yml would have made for Alertmanager.
-    aws("iam").create_user(UserName=ALERTS_USER, Path="/paycore/")
-    # -vvv shows module arguments and results: the strictest check for leaks.
-    run = run_playbook(
-        "aws-secrets.yml", "-vvv", extra_vars=secrets_vars(endpoint_url), env=aws_env
-    ).check()
-    return run, values(aws) | {CREDENTIALS: json.dumps(credentials(aws))}
+def first_run(scenarios):
+    """The first run (in the background from the start); the tests below run after it, in order."""
+    return scenarios["secrets"].result("first run")
 
 
 def test_creates_missing_and_keeps_existing(first_run, aws):

@@ -1,0 +1,193 @@
+"""Provision from empty, then converge: the environment every read-only test shares.
+
+The scenario provisions deployment "edge" once, runs provision a second time
+and in check mode; the tests here only look at it (boto3) and at those runs.
+Nothing here may change it: tests that do have an environment of their own
+(test_edge_replace.py, test_edge_failover.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from awshelpers import (
+    ACCOUNT,
+    ADMIN_CIDRS,
+    REGION,
+    assert_gateway_instance,
+    describe_gateway,
+    edge_vars,
+    gateways,
+    primary_eni,
+    scenario,
+    tag_filter,
+    tags_of,
+    the_vpc,
+)
+from moto.iam.access_control import IAMPolicy, PermissionResult
+
+DEPLOYMENT = "edge"
+HOMELAB_CIDRS = ["192.168.10.0/24"]
+WIREGUARD_CIDR = "10.44.0.0/24"
+VPC_CIDR = "10.40.0.0/16"
+SUBNET_CIDR = "10.40.1.0/24"
+TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:{DEPLOYMENT}-alerts"
+ALERTS_USER = f"{DEPLOYMENT}-alertmanager"
+
+
+@scenario("edge", priority=2, needs=("debian_images",))
+def edge(ctx):
+    variables = edge_vars(ctx.endpoint_url, DEPLOYMENT)
+
+    def provision(*args):
+        return lambda done: ctx.run(
+            "aws-provision.yml", *args, extra_vars=variables, env=ctx.aws_env
+        ).check()
+
+    return [
+        ("provisioned", provision()),
+        ("second run", provision()),
+        ("check mode", provision("--check")),
+    ]
+
+
+@pytest.fixture(scope="module")
+def provisioned(scenarios):
+    return scenarios["edge"].result("provisioned")
+
+
+def ingress_rules(group) -> set[tuple]:
+    rules = set()
+    for perm in group["IpPermissions"]:
+        key = (perm["IpProtocol"], perm.get("FromPort"), perm.get("ToPort"))
+        rules |= {(*key, r["CidrIp"]) for r in perm.get("IpRanges", [])}
+        rules |= {(*key, r["CidrIpv6"]) for r in perm.get("Ipv6Ranges", [])}
+        assert not perm.get("UserIdGroupPairs"), perm
+        assert not perm.get("PrefixListIds"), perm
+    return rules
+
+
+def test_provision_creates_network(provisioned, aws):
+    ec2 = aws("ec2")
+    vpc = the_vpc(ec2, DEPLOYMENT)
+    assert vpc["CidrBlock"] == VPC_CIDR
+    assert tags_of(vpc)["paycore:managed-by"] == "ansible"
+    subnets = ec2.describe_subnets(Filters=tag_filter(DEPLOYMENT))["Subnets"]
+    assert [(s["VpcId"], s["CidrBlock"]) for s in subnets] == [(vpc["VpcId"], SUBNET_CIDR)]
+    igws = ec2.describe_internet_gateways(Filters=tag_filter(DEPLOYMENT))["InternetGateways"]
+    assert len(igws) == 1
+    assert [a["VpcId"] for a in igws[0]["Attachments"]] == [vpc["VpcId"]]
+
+
+def test_provision_security_group_has_exactly_the_stated_rules(provisioned, aws):
+    ec2 = aws("ec2")
+    groups = ec2.describe_security_groups(Filters=tag_filter(DEPLOYMENT))["SecurityGroups"]
+    assert len(groups) == 1
+    expected = {("tcp", 443, 443, "0.0.0.0/0"), ("udp", 51820, 51820, "0.0.0.0/0")}
+    expected |= {("tcp", 22, 22, cidr) for cidr in ADMIN_CIDRS}
+    assert ingress_rules(groups[0]) == expected
+    assert groups[0]["VpcId"] == the_vpc(ec2, DEPLOYMENT)["VpcId"]
+
+
+def test_provision_gateway_instance(provisioned, aws, debian_images):
+    ec2 = aws("ec2")
+    instances = gateways(ec2, DEPLOYMENT)
+    assert len(instances) == 1
+    subnet = ec2.describe_subnets(Filters=tag_filter(DEPLOYMENT))["Subnets"][0]
+    group = ec2.describe_security_groups(Filters=tag_filter(DEPLOYMENT))["SecurityGroups"][0]
+    # The newest image owned by the given account matching the name pattern
+    # and architecture: not the older one, not the decoys.
+    assert_gateway_instance(
+        describe_gateway(ec2, instances[0]),
+        DEPLOYMENT,
+        debian_images["newest"],
+        subnet["SubnetId"],
+        group["GroupId"],
+    )
+    keys = ec2.describe_key_pairs(Filters=tag_filter(DEPLOYMENT))["KeyPairs"]
+    assert [k["KeyName"] for k in keys] == [f"{DEPLOYMENT}-gateway"]
+
+
+def test_provision_route_table_has_both_routes(provisioned, aws):
+    ec2 = aws("ec2")
+    vpc = the_vpc(ec2, DEPLOYMENT)
+    eni = primary_eni(gateways(ec2, DEPLOYMENT)[0])
+    igw = ec2.describe_internet_gateways(Filters=tag_filter(DEPLOYMENT))["InternetGateways"][0]
+    tables = ec2.describe_route_tables(Filters=tag_filter(DEPLOYMENT))["RouteTables"]
+    assert len(tables) == 1
+    table = tables[0]
+    subnet = ec2.describe_subnets(Filters=tag_filter(DEPLOYMENT))["Subnets"][0]
+    assert [a.get("SubnetId") for a in table["Associations"]] == [subnet["SubnetId"]]
+    routes = {
+        r["DestinationCidrBlock"]: r.get("GatewayId") or r.get("NetworkInterfaceId")
+        for r in table["Routes"]
+    }
+    expected = {VPC_CIDR: "local", "0.0.0.0/0": igw["InternetGatewayId"]}
+    expected |= {cidr: eni for cidr in [*HOMELAB_CIDRS, WIREGUARD_CIDR]}
+    assert routes == expected
+    assert table["VpcId"] == vpc["VpcId"]
+
+
+def test_provision_elastic_ip_and_alerts_topic(provisioned, aws):
+    ec2 = aws("ec2")
+    instance = gateways(ec2, DEPLOYMENT)[0]
+    addresses = ec2.describe_addresses(Filters=tag_filter(DEPLOYMENT))["Addresses"]
+    assert len(addresses) == 1
+    assert addresses[0]["InstanceId"] == instance["InstanceId"]
+    assert addresses[0]["Domain"] == "vpc"
+    assert tags_of(addresses[0])["paycore:component"] == "gateway"
+    sns = aws("sns")
+    assert TOPIC_ARN in [t["TopicArn"] for t in sns.list_topics()["Topics"]]
+    tags = {t["Key"]: t["Value"] for t in sns.list_tags_for_resource(ResourceArn=TOPIC_ARN)["Tags"]}
+    assert tags["paycore:deployment"] == DEPLOYMENT
+    assert TOPIC_ARN in provisioned.stdout  # reported for the Alertmanager configuration
+
+
+def test_provision_alerts_publisher_may_only_publish_to_the_topic(provisioned, aws):
+    iam = aws("iam")
+    user = iam.get_user(UserName=ALERTS_USER)["User"]
+    assert user["Path"] == "/paycore/"
+    assert tags_of(user)["paycore:deployment"] == DEPLOYMENT
+    # Nothing grants it anything but its one inline policy.
+    assert iam.list_user_policies(UserName=ALERTS_USER)["PolicyNames"] == ["publish-alerts"]
+    assert iam.list_attached_user_policies(UserName=ALERTS_USER)["AttachedPolicies"] == []
+    assert iam.list_groups_for_user(UserName=ALERTS_USER)["Groups"] == []
+    with pytest.raises(iam.exceptions.NoSuchEntityException):
+        iam.get_login_profile(UserName=ALERTS_USER)
+    document = iam.get_user_policy(UserName=ALERTS_USER, PolicyName="publish-alerts")[
+        "PolicyDocument"
+    ]
+    if isinstance(document, str):
+        document = json.loads(document)
+    assert document["Statement"] == [
+        {"Sid": "PublishAlerts", "Effect": "Allow", "Action": "sns:Publish", "Resource": TOPIC_ARN}
+    ]
+    # Evaluated as IAM does (moto's evaluator): allowed exactly there.
+    policy = IAMPolicy(json.dumps(document))
+    assert policy.is_action_permitted("sns:Publish", TOPIC_ARN) == PermissionResult.PERMITTED
+    other_topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:someone-elses-topic"
+    denied = [
+        ("sns:Publish", other_topic),
+        ("sns:Publish", "*"),
+        ("sns:Subscribe", TOPIC_ARN),
+        ("sns:SetTopicAttributes", TOPIC_ARN),
+        ("sns:DeleteTopic", TOPIC_ARN),
+        ("sns:ListTopics", "*"),
+        ("secretsmanager:GetSecretValue", "*"),
+        ("iam:CreateAccessKey", "*"),
+        ("ec2:DescribeInstances", "*"),
+    ]
+    for action, resource in denied:
+        assert policy.is_action_permitted(action, resource) != PermissionResult.PERMITTED, action
+
+
+def test_second_provision_changes_nothing(scenarios):
+    run = scenarios["edge"].result("second run")
+    assert run.recap["changed"] == 0, run.stdout
+    assert run.recap["failed"] == 0
+
+
+def test_check_mode_on_converged_reports_nothing(scenarios):
+    run = scenarios["edge"].result("check mode")
+    assert run.recap["changed"] == 0, run.stdout
