@@ -240,8 +240,29 @@ def describe_gateway(ec2, instance: dict) -> dict:
     }
 
 
-def snapshot(ec2, deployment: str) -> dict:
-    """The gateways, Elastic IPs and routes of a deployment, as they are now."""
+def recovery_alarms(cloudwatch, deployment: str) -> list[dict]:
+    return cloudwatch.describe_alarms(AlarmNames=[f"{deployment}-gateway-recover"])["MetricAlarms"]
+
+
+def assert_recovery_alarm(alarms: list[dict], deployment: str, instance_id: str) -> None:
+    """The one recovery alarm of the deployment watches instance_id."""
+    (alarm,) = alarms
+    assert alarm["Namespace"] == "AWS/EC2"
+    assert alarm["MetricName"] == "StatusCheckFailed_System"
+    assert alarm["Dimensions"] == [{"Name": "InstanceId", "Value": instance_id}]
+    assert alarm["Statistic"] == "Maximum"
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["Threshold"] == 0
+    assert alarm["Period"] == 60
+    assert alarm["EvaluationPeriods"] == 2
+    topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:{deployment}-alerts"
+    assert alarm["AlarmActions"] == [f"arn:aws:automate:{REGION}:ec2:recover", topic]
+    assert alarm["OKActions"] == [topic]
+
+
+def snapshot(aws, deployment: str) -> dict:
+    """The gateways, Elastic IPs, routes and alarm of a deployment, as they are now."""
+    ec2 = aws("ec2")
     vpc_id = the_vpc(ec2, deployment)["VpcId"]
     every = gateways(ec2, deployment, states=ALL_STATES)
     enis = ec2.describe_network_interfaces(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
@@ -256,6 +277,7 @@ def snapshot(ec2, deployment: str) -> dict:
         "addresses": ec2.describe_addresses(Filters=tag_filter(deployment))["Addresses"],
         "routes": vpc_routes(ec2, vpc_id),
         "enis": {e["NetworkInterfaceId"] for e in enis["NetworkInterfaces"]},
+        "alarms": recovery_alarms(aws("cloudwatch"), deployment),
         "subnet": ec2.describe_subnets(Filters=tag_filter(deployment))["Subnets"][0]["SubnetId"],
         "group": ec2.describe_security_groups(Filters=tag_filter(deployment))["SecurityGroups"][0][
             "GroupId"
@@ -285,10 +307,12 @@ def assert_gateway_instance(
     assert text.startswith("#cloud-config")
     for word in ("PRIVATE KEY", "password", "secret", "api_key", "token"):
         assert word.lower() not in text.lower()
+    assert gateway["termination_protection"] is True
     tags = tags_of(instance)
     assert tags["Name"] == f"{deployment}-gateway"
     assert tags["paycore:component"] == "gateway"
     assert tags["paycore:deployment"] == deployment
+    assert tags["paycore:role"] == "gateway"
     assert "paycore:replaces" not in tags
     # The interface the routes name is tagged too (ec2_instance tags only the
     # instance and its volumes).

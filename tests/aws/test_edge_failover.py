@@ -12,6 +12,7 @@ import pytest
 from awshelpers import (
     add_route_table,
     assert_gateway_instance,
+    assert_recovery_alarm,
     assert_replaced,
     edge_vars,
     gateways,
@@ -30,6 +31,11 @@ EXTRA_ROUTE = "172.20.0.0/16"
 ROUTED = [*HOMELAB_CIDRS, WIREGUARD_CIDR, EXTRA_ROUTE]
 
 
+def terminate(ec2, instance_id: str) -> None:
+    ec2.modify_instance_attribute(InstanceId=instance_id, DisableApiTermination={"Value": False})
+    ec2.terminate_instances(InstanceIds=[instance_id])
+
+
 @scenario("edge-failover", priority=1, needs=("debian_images",))
 def edge_failover(ctx):
     variables = edge_vars(ctx.endpoint_url, DEPLOYMENT)
@@ -42,12 +48,13 @@ def edge_failover(ctx):
         run("aws-provision.yml")
         (gateway,) = gateways(ec2, DEPLOYMENT)
         add_route_table(ec2, DEPLOYMENT, EXTRA_ROUTE, primary_eni(gateway))
-        return snapshot(ec2, DEPLOYMENT)
+        return snapshot(ctx.aws, DEPLOYMENT)
 
     def failed_over(done):
         """The gateway in service dies (terminated, its interface gone as on AWS); replace it."""
         (dead,) = gateways(ec2, DEPLOYMENT)
-        ec2.terminate_instances(InstanceIds=[dead["InstanceId"]])
+        # A failure does not ask for termination protection; the API does.
+        terminate(ec2, dead["InstanceId"])
         # AWS deletes the primary interface with the instance (moto too, when
         # the attachment says so); make sure it is gone.
         eni_filter = [{"Name": "network-interface-id", "Values": [primary_eni(dead)]}]
@@ -63,23 +70,32 @@ def edge_failover(ctx):
             if route.get("NetworkInterfaceId") == primary_eni(dead)
         ]
         assert len(dangling) == len(ROUTED)
-        return {"run": run("aws-replace-gateway.yml"), **snapshot(ec2, DEPLOYMENT)}
+        return {"run": run("aws-replace-gateway.yml"), **snapshot(ctx.aws, DEPLOYMENT)}
 
     def resumed(done):
         """A replacement interrupted after terminating the old gateway, then run again.
 
         The launch half runs for real; the cutover up to the termination of
         the old instance is then done by hand, as the interrupted run left
-        it: the Elastic IP and every route on the replacement, the old
-        gateway terminated, the replacement still tagged paycore:replaces.
+        it: the role tags swapped, every route and the Elastic IP on the
+        replacement, the old gateway terminated, the replacement still
+        tagged paycore:replaces.
         """
-        before = snapshot(ec2, DEPLOYMENT)
+        before = snapshot(ctx.aws, DEPLOYMENT)
         (old,) = gateways(ec2, DEPLOYMENT)
         run("aws-replace-gateway.yml", aws_edge_replace_phase="launch")
         (replacement,) = [
             g for g in gateways(ec2, DEPLOYMENT) if g["InstanceId"] != old["InstanceId"]
         ]
         assert tags_of(replacement)["paycore:replaces"] == old["InstanceId"]
+        ec2.create_tags(
+            Resources=[old["InstanceId"]],
+            Tags=[{"Key": "paycore:role", "Value": "gateway-retiring"}],
+        )
+        ec2.create_tags(
+            Resources=[replacement["InstanceId"]],
+            Tags=[{"Key": "paycore:role", "Value": "gateway"}],
+        )
         eip = ec2.describe_addresses(Filters=tag_filter(DEPLOYMENT))["Addresses"][0]
         ec2.associate_address(
             AllocationId=eip["AllocationId"],
@@ -95,10 +111,10 @@ def edge_failover(ctx):
                         DestinationCidrBlock=route["DestinationCidrBlock"],
                         NetworkInterfaceId=primary_eni(replacement),
                     )
-        ec2.terminate_instances(InstanceIds=[old["InstanceId"]])
+        terminate(ec2, old["InstanceId"])
         assert [g["InstanceId"] for g in gateways(ec2, DEPLOYMENT)] == [replacement["InstanceId"]]
         run("aws-replace-gateway.yml")
-        return {"before": before, "replacement": replacement, **snapshot(ec2, DEPLOYMENT)}
+        return {"before": before, "replacement": replacement, **snapshot(ctx.aws, DEPLOYMENT)}
 
     return [("provisioned", provisioned), ("failed over", failed_over), ("resumed", resumed)]
 
@@ -115,9 +131,10 @@ def test_failover_replaces_a_dead_gateway(stage, debian_images):
     assert_gateway_instance(
         new, DEPLOYMENT, debian_images["newest"], failed_over["subnet"], failed_over["group"]
     )
+    assert_recovery_alarm(failed_over["alarms"], DEPLOYMENT, new["instance"]["InstanceId"])
 
 
-def test_rerun_after_interruption_finishes_with_the_same_replacement(stage):
+def test_rerun_after_interruption_finishes_with_the_same_replacement(stage, debian_images):
     resumed = stage("resumed")
     new = assert_replaced(resumed["before"], resumed, ROUTED)
     # No other instance was launched: the tagged replacement was picked up.
@@ -129,3 +146,8 @@ def test_rerun_after_interruption_finishes_with_the_same_replacement(stage):
         if g["LaunchTime"] > old["instance"]["LaunchTime"]
     ]
     assert launched_since == [new["instance"]["InstanceId"]]
+    # It kept the role tag the interrupted cutover gave it, and lost paycore:replaces.
+    assert_gateway_instance(
+        new, DEPLOYMENT, debian_images["newest"], resumed["subnet"], resumed["group"]
+    )
+    assert_recovery_alarm(resumed["alarms"], DEPLOYMENT, new["instance"]["InstanceId"])

@@ -16,10 +16,12 @@ from awshelpers import (
     ADMIN_CIDRS,
     REGION,
     assert_gateway_instance,
+    assert_recovery_alarm,
     describe_gateway,
     edge_vars,
     gateways,
     primary_eni,
+    recovery_alarms,
     scenario,
     tag_filter,
     tags_of,
@@ -191,3 +193,52 @@ def test_second_provision_changes_nothing(scenarios):
 def test_check_mode_on_converged_reports_nothing(scenarios):
     run = scenarios["edge"].result("check mode")
     assert run.recap["changed"] == 0, run.stdout
+
+
+def test_provision_recovery_alarm_watches_the_gateway(provisioned, aws):
+    (gateway,) = gateways(aws("ec2"), DEPLOYMENT)
+    assert_recovery_alarm(
+        recovery_alarms(aws("cloudwatch"), DEPLOYMENT), DEPLOYMENT, gateway["InstanceId"]
+    )
+
+
+def test_gateway_cannot_be_terminated_by_accident(provisioned, aws):
+    ec2 = aws("ec2")
+    (gateway,) = gateways(ec2, DEPLOYMENT)
+    with pytest.raises(ec2.exceptions.ClientError, match="OperationNotPermitted"):
+        ec2.terminate_instances(InstanceIds=[gateway["InstanceId"]])
+    (still,) = gateways(ec2, DEPLOYMENT)
+    assert (still["InstanceId"], still["State"]["Name"]) == (gateway["InstanceId"], "running")
+
+
+def assert_untouched(aws, before: list[dict]) -> None:
+    ec2 = aws("ec2")
+    assert [g["InstanceId"] for g in gateways(ec2, DEPLOYMENT)] == [g["InstanceId"] for g in before]
+    assert len(ec2.describe_vpcs(Filters=tag_filter(DEPLOYMENT))["Vpcs"]) == 1
+    assert len(ec2.describe_addresses(Filters=tag_filter(DEPLOYMENT))["Addresses"]) == 1
+
+
+@pytest.mark.parametrize("confirm", [None, "yes", "paycore"])
+def test_teardown_without_confirmation_touches_nothing(
+    confirm, provisioned, run_playbook, aws_env, endpoint_url, aws
+):
+    """Teardown asks for the deployment's name (-e paycore_aws_teardown_confirm=edge)."""
+    before = gateways(aws("ec2"), DEPLOYMENT)
+    variables = edge_vars(endpoint_url, DEPLOYMENT)
+    if confirm is not None:
+        variables["paycore_aws_teardown_confirm"] = confirm
+    run = run_playbook("aws-teardown.yml", extra_vars=variables, env=aws_env)
+    assert run.rc != 0
+    assert f"-e paycore_aws_teardown_confirm={DEPLOYMENT}" in run.output
+    assert_untouched(aws, before)
+
+
+def test_cutover_without_a_replacement_touches_nothing(
+    provisioned, run_playbook, aws_env, endpoint_url, aws
+):
+    before = gateways(aws("ec2"), DEPLOYMENT)
+    variables = edge_vars(endpoint_url, DEPLOYMENT, aws_edge_replace_phase="cutover")
+    run = run_playbook("aws-replace-gateway.yml", extra_vars=variables, env=aws_env)
+    assert run.rc != 0
+    assert "nothing to cut over to" in run.output
+    assert_untouched(aws, before)

@@ -1,11 +1,27 @@
-"""Replace the gateway in two halves, converge after it, tear everything down.
+"""Replace the gateway in two halves, as docs/aws.md says, then tear everything down.
 
 Deployment "paycore", the one inventories/example/aws_ec2.yml filters on, in
 an environment of its own: the scenario below changes it stage by stage in
 the background, and each stage keeps a snapshot of what its tests check.
+
+The stages are the documented command sequence:
+
+    ansible-playbook -i $INV playbooks/aws-replace-gateway.yml -e aws_edge_replace_phase=launch
+    ansible-inventory -i $INV --graph gateway_candidate
+    PAYCORE_GATEWAY=candidate ansible-playbook -i $INV playbooks/site.yml --limit gateway
+    ansible-playbook -i $INV playbooks/aws-replace-gateway.yml -e aws_edge_replace_phase=cutover
+
+Configuring the candidate over SSH (the site.yml step) cannot run against
+moto: its instances are records, not machines. The test runs that exact
+command with --list-hosts instead (which hosts it would configure, through
+the real dynamic inventory and site.yml), and checks the inventory condition
+the wireguard role asserts (one host in `gateway`); everything around it,
+before and after, runs for real.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from awshelpers import (
@@ -14,6 +30,7 @@ from awshelpers import (
     REPO,
     add_route_table,
     assert_gateway_instance,
+    assert_recovery_alarm,
     assert_replaced,
     edge_vars,
     gateways,
@@ -23,6 +40,7 @@ from awshelpers import (
     scenario,
     snapshot,
     tag_filter,
+    tags_of,
     unsafe,
 )
 
@@ -33,31 +51,63 @@ WIREGUARD_CIDR = "10.44.0.0/24"
 # must repoint it too.
 EXTRA_ROUTE = "172.20.0.0/16"
 ROUTED = [*HOMELAB_CIDRS, WIREGUARD_CIDR, EXTRA_ROUTE]
-EXAMPLE_EC2 = REPO / "inventories/example/aws_ec2.yml"
+EXAMPLE = REPO / "inventories/example"
+CANDIDATE = {"PAYCORE_GATEWAY": "candidate"}
+
+
+def site_hosts(ctx, env: dict) -> set[str]:
+    """Hosts that `ansible-playbook -i inventories/example playbooks/site.yml --limit gateway`
+    would configure (--list-hosts: nothing is contacted)."""
+    run = ctx.run(
+        "site.yml",
+        "-i",
+        str(EXAMPLE),
+        "--limit",
+        "gateway",
+        "--list-hosts",
+        env={**ctx.aws_env, "AWS_URL": ctx.endpoint_url, **env},
+    ).check()
+    return set(re.findall(r"^\s+(i-[0-9a-f]+)\s*$", run.stdout, re.MULTILINE))
 
 
 @scenario("edge-replace", priority=0, needs=("debian_images",))
 def edge_replace(ctx):
-    variables = edge_vars(ctx.endpoint_url, DEPLOYMENT)
+    variables = edge_vars(ctx.endpoint_url, DEPLOYMENT, paycore_aws_teardown_confirm=DEPLOYMENT)
     ec2 = ctx.aws("ec2")
 
     def run(playbook, **extra):
         return ctx.run(playbook, extra_vars={**variables, **extra}, env=ctx.aws_env).check()
 
+    def inventories() -> dict:
+        return {
+            "inventory": inventory(ctx, EXAMPLE / "aws_ec2.yml"),
+            "candidate inventory": inventory(ctx, EXAMPLE / "aws_ec2.yml", env=CANDIDATE),
+        }
+
     def provisioned(done):
         run("aws-provision.yml")
         (old,) = gateways(ec2, DEPLOYMENT)
         add_route_table(ec2, DEPLOYMENT, EXTRA_ROUTE, primary_eni(old))
-        return {**snapshot(ec2, DEPLOYMENT), "inventory": inventory(ctx, EXAMPLE_EC2)}
+        return {**snapshot(ctx.aws, DEPLOYMENT), **inventories()}
 
     def launched(done):
         run("aws-replace-gateway.yml", aws_edge_replace_phase="launch")
-        return snapshot(ec2, DEPLOYMENT)
+        return {
+            **snapshot(ctx.aws, DEPLOYMENT),
+            **inventories(),
+            "site.yml": site_hosts(ctx, {}),
+            "site.yml candidate": site_hosts(ctx, CANDIDATE),
+        }
 
-    def replaced(done):
-        # The default phase ("all") picks up the replacement launched above
-        # (tagged paycore:replaces) instead of launching another, then cuts over.
-        return {"run": run("aws-replace-gateway.yml"), **snapshot(ec2, DEPLOYMENT)}
+    def provision_during_switch(done):
+        return {"run": run("aws-provision.yml"), **snapshot(ctx.aws, DEPLOYMENT)}
+
+    def cut_over(done):
+        return {
+            "run": run("aws-replace-gateway.yml", aws_edge_replace_phase="cutover"),
+            **snapshot(ctx.aws, DEPLOYMENT),
+            **inventories(),
+        }
 
     def torn_down(done):
         """Teardown of a deployment that has also things no longer in the configuration."""
@@ -66,8 +116,9 @@ def edge_replace(ctx):
     return [
         ("provisioned", provisioned),
         ("launched", launched),
-        ("replaced", replaced),
-        ("provision after replace", lambda done: run("aws-provision.yml")),
+        ("provision during the switch", provision_during_switch),
+        ("cut over", cut_over),
+        ("provision after the cutover", lambda done: run("aws-provision.yml")),
         ("torn down", torn_down),
         ("teardown again", lambda done: run("aws-teardown.yml")),
     ]
@@ -115,38 +166,100 @@ def stage(scenarios):
     return scenarios["edge-replace"].result
 
 
+def only(found: dict) -> str:
+    (instance_id,) = found["running"]
+    return instance_id
+
+
 def test_dynamic_inventory_puts_gateway_in_group(stage):
     provisioned = stage("provisioned")
-    (gateway,) = provisioned["running"]
+    gateway = only(provisioned)
     found = provisioned["inventory"]
     assert group(found, "gateway") == [gateway]
+    assert group(found, "gateway_candidate") == []
     host = unsafe(found["_meta"]["hostvars"][gateway]["ansible_host"])
     assert host == provisioned["addresses"][0]["PublicIp"]
+    # No candidate: PAYCORE_GATEWAY=candidate leaves nothing to configure.
+    assert group(provisioned["candidate inventory"], "gateway") == []
 
 
-def test_replace_launch_phase_keeps_old_in_service(stage):
+def test_launch_adds_a_candidate_beside_the_gateway(stage):
     before, launched = stage("provisioned"), stage("launched")
-    (old_id,) = before["running"]
-    assert len(launched["running"]) == 2 and old_id in launched["running"]
-    (new_id,) = set(launched["running"]) - {old_id}
-    tags = launched["running"][new_id]["instance"]["Tags"]
-    assert {"Key": "paycore:replaces", "Value": old_id} in tags
+    old = only(before)
+    assert len(launched["running"]) == 2 and old in launched["running"]
+    (new,) = set(launched["running"]) - {old}
+    tags = tags_of(launched["running"][new]["instance"])
+    assert tags["paycore:replaces"] == old
+    assert tags["paycore:role"] == "gateway-candidate"
+    assert tags_of(launched["running"][old]["instance"])["paycore:role"] == "gateway"
+    assert launched["running"][new]["termination_protection"] is True
+    # Still served by the old gateway: address, routes and alarm stay.
     (address,) = launched["addresses"]
-    assert address["InstanceId"] == old_id
+    assert address["InstanceId"] == old
+    by_dest = {r["DestinationCidrBlock"]: r.get("NetworkInterfaceId") for r in launched["routes"]}
+    old_eni = primary_eni(launched["running"][old]["instance"])
+    assert all(by_dest[cidr] == old_eni for cidr in ROUTED)
+    assert_recovery_alarm(launched["alarms"], DEPLOYMENT, old)
 
 
-def test_replace_moves_eip_and_routes_and_retires_old(stage, debian_images):
-    before, replaced = stage("provisioned"), stage("replaced")
-    # Exactly one replacement was launched over both runs.
-    assert len(replaced["gateways"]) == 2
-    new = assert_replaced(before, replaced, ROUTED)
+def test_inventory_during_the_switch_has_one_gateway(stage):
+    old, launched = only(stage("provisioned")), stage("launched")
+    (new,) = set(launched["running"]) - {old}
+    # As it is: the gateway in service, and the candidate in a group of its own.
+    assert group(launched["inventory"], "gateway") == [old]
+    assert group(launched["inventory"], "gateway_candidate") == [new]
+    # With PAYCORE_GATEWAY=candidate: the candidate is the one gateway (what
+    # the wireguard role asserts), reached on its own public address.
+    found = launched["candidate inventory"]
+    assert group(found, "gateway") == [new]
+    assert group(found, "gateway_candidate") == [new]
+    host = unsafe(found["_meta"]["hostvars"][new]["ansible_host"])
+    assert host == launched["running"][new]["instance"]["PublicIpAddress"]
+    assert host != launched["addresses"][0]["PublicIp"]
+
+
+def test_site_yml_limited_to_gateway_configures_only_the_candidate(stage):
+    old, launched = only(stage("provisioned")), stage("launched")
+    (new,) = set(launched["running"]) - {old}
+    assert launched["site.yml candidate"] == {new}
+    assert launched["site.yml"] == {old}
+
+
+def test_provision_during_the_switch_leaves_the_candidate_alone(stage):
+    launched, during = stage("launched"), stage("provision during the switch")
+    assert during["run"].recap["changed"] == 0, during["run"].stdout
+    for instance_id, gateway in launched["running"].items():
+        assert tags_of(during["running"][instance_id]["instance"]) == tags_of(gateway["instance"])
+
+
+def test_cutover_moves_routes_then_address_and_retires_old(stage, debian_images):
+    before, cut_over = stage("provisioned"), stage("cut over")
+    # Exactly one replacement was launched over both halves.
+    assert len(cut_over["gateways"]) == 2
+    new = assert_replaced(before, cut_over, ROUTED)
+    new_id = new["instance"]["InstanceId"]
     assert_gateway_instance(
-        new, DEPLOYMENT, debian_images["newest"], replaced["subnet"], replaced["group"]
+        new, DEPLOYMENT, debian_images["newest"], cut_over["subnet"], cut_over["group"]
     )
+    assert_recovery_alarm(cut_over["alarms"], DEPLOYMENT, new_id)
+    assert group(cut_over["inventory"], "gateway") == [new_id]
+    assert group(cut_over["inventory"], "gateway_candidate") == []
+    # The order docs/aws.md gives: role tags, routes, then the Elastic IP;
+    # the old gateway goes last (its termination protection lifted first).
+    steps = [
+        "Mark the gateway being replaced as retiring",
+        "Mark the replacement as the gateway",
+        "Repoint every route that named a dead or the old interface",
+        "Move the Elastic IP to the replacement",
+        "Lift the termination protection of the old gateway",
+        "Retire the old gateway",
+    ]
+    positions = [cut_over["run"].stdout.index(f"TASK [aws_edge : {step}]") for step in steps]
+    assert positions == sorted(positions)
 
 
-def test_provision_after_replace_changes_nothing(stage):
-    run = stage("provision after replace")
+def test_provision_after_the_cutover_changes_nothing(stage):
+    run = stage("provision after the cutover")
     assert run.recap["changed"] == 0, run.stdout
 
 
