@@ -22,6 +22,13 @@ SSH_PUBLIC_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEw6Ne5r0pZ6a4rmCHuZRPm8sdGdd9Wtbvy8bAbgtl3B paycore-test"
 )
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+# The role's defaults, routed to the gateway's interface.
+HOMELAB_CIDRS = ["192.168.10.0/24"]
+WIREGUARD_CIDR = "10.44.0.0/24"
+# A route another team added to a second table of the VPC (add_route_table);
+# replace-gateway must repoint it too.
+EXTRA_ROUTE = "172.20.0.0/16"
+ROUTED = [*HOMELAB_CIDRS, WIREGUARD_CIDR, EXTRA_ROUTE]
 
 RECAP_RE = re.compile(r"^localhost\s+:\s+(?P<counts>.*)$", re.MULTILINE)
 
@@ -138,6 +145,10 @@ class Context:
     endpoint_url: str
     base_env: dict[str, str]
     aws_env: dict[str, str]
+
+    def play(self, playbook: str, *args: str, **variables) -> Run:
+        """Run a playbook with the fake credentials; fail the stage if it fails."""
+        return self.run(playbook, *args, extra_vars=variables, env=self.aws_env).check()
 
 
 @dataclass

@@ -95,12 +95,9 @@ def leftovers(aws) -> dict:
 
 @scenario("backup-bucket", priority=4)
 def backup_bucket(ctx):
-    def run(playbook, *args, **variables):
-        return ctx.run(playbook, *args, extra_vars=variables, env=ctx.aws_env).check()
-
     def created(done):
         result = {
-            "run": run("aws-backup-bucket.yml", **bucket_vars(ctx.endpoint_url)),
+            "run": ctx.play("aws-backup-bucket.yml", **bucket_vars(ctx.endpoint_url)),
             "bucket": describe_bucket(ctx.aws, BUCKET),
             "policy": user_policy(ctx.aws, USER),
         }
@@ -114,7 +111,7 @@ def backup_bucket(ctx):
         return result
 
     def credentials(done):
-        run(
+        ctx.play(
             "aws-secrets.yml",
             aws_secrets_region=REGION,
             aws_secrets_endpoint_url=ctx.endpoint_url,
@@ -141,16 +138,16 @@ def backup_bucket(ctx):
             aws_backup_bucket_noncurrent_days=0,
             aws_backup_bucket_expire_days=0,
         )
-        run("aws-backup-bucket.yml", **variables)
+        ctx.play("aws-backup-bucket.yml", **variables)
         return {
             "key": key,
             "bucket": describe_bucket(ctx.aws, KMS_BUCKET),
             "policy": user_policy(ctx.aws, KMS_USER),
-            "second run": run("aws-backup-bucket.yml", **variables),
+            "second run": ctx.play("aws-backup-bucket.yml", **variables),
         }
 
     def teardown_keeping_backups(done):
-        run("aws-teardown.yml", **teardown_vars(ctx.endpoint_url))
+        ctx.play("aws-teardown.yml", **teardown_vars(ctx.endpoint_url))
         return leftovers(ctx.aws)
 
     def teardown_with_backups(done):
@@ -162,17 +159,22 @@ def backup_bucket(ctx):
         s3.put_object(Bucket=BUCKET, Key="archive/000000010000000000000001", Body=b"wal")
         s3.put_object(Bucket=BUCKET, Key="archive/000000010000000000000001", Body=b"wal 2")
         s3.delete_object(Bucket=BUCKET, Key="archive/000000010000000000000001")
-        run(
+        ctx.play(
             "aws-teardown.yml", **teardown_vars(ctx.endpoint_url, paycore_aws_teardown_backups=True)
         )
         return leftovers(ctx.aws)
 
     return [
         ("created", created),
-        ("second run", lambda done: run("aws-backup-bucket.yml", **bucket_vars(ctx.endpoint_url))),
+        (
+            "second run",
+            lambda done: ctx.play("aws-backup-bucket.yml", **bucket_vars(ctx.endpoint_url)),
+        ),
         (
             "check mode",
-            lambda done: run("aws-backup-bucket.yml", "--check", **bucket_vars(ctx.endpoint_url)),
+            lambda done: ctx.play(
+                "aws-backup-bucket.yml", "--check", **bucket_vars(ctx.endpoint_url)
+            ),
         ),
         ("credentials", credentials),
         ("with KMS", with_kms),

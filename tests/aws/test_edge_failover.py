@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 from awshelpers import (
+    EXTRA_ROUTE,
+    ROUTED,
     add_route_table,
     assert_gateway_instance,
     assert_recovery_alarm,
@@ -25,10 +27,6 @@ from awshelpers import (
 )
 
 DEPLOYMENT = "failover"
-HOMELAB_CIDRS = ["192.168.10.0/24"]
-WIREGUARD_CIDR = "10.44.0.0/24"
-EXTRA_ROUTE = "172.20.0.0/16"
-ROUTED = [*HOMELAB_CIDRS, WIREGUARD_CIDR, EXTRA_ROUTE]
 
 
 def terminate(ec2, instance_id: str) -> None:
@@ -42,7 +40,7 @@ def edge_failover(ctx):
     ec2 = ctx.aws("ec2")
 
     def run(playbook, **extra):
-        return ctx.run(playbook, extra_vars={**variables, **extra}, env=ctx.aws_env).check()
+        return ctx.play(playbook, **variables, **extra)
 
     def provisioned(done):
         run("aws-provision.yml")

@@ -14,7 +14,9 @@ import pytest
 from awshelpers import (
     ACCOUNT,
     ADMIN_CIDRS,
+    HOMELAB_CIDRS,
     REGION,
+    WIREGUARD_CIDR,
     assert_gateway_instance,
     assert_recovery_alarm,
     describe_gateway,
@@ -30,8 +32,6 @@ from awshelpers import (
 from moto.iam.access_control import IAMPolicy, PermissionResult
 
 DEPLOYMENT = "edge"
-HOMELAB_CIDRS = ["192.168.10.0/24"]
-WIREGUARD_CIDR = "10.44.0.0/24"
 VPC_CIDR = "10.40.0.0/16"
 SUBNET_CIDR = "10.40.1.0/24"
 TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:{DEPLOYMENT}-alerts"

@@ -26,8 +26,10 @@ import re
 import pytest
 from awshelpers import (
     ACCOUNT,
+    EXTRA_ROUTE,
     REGION,
     REPO,
+    ROUTED,
     add_route_table,
     assert_gateway_instance,
     assert_recovery_alarm,
@@ -45,12 +47,6 @@ from awshelpers import (
 )
 
 DEPLOYMENT = "paycore"
-HOMELAB_CIDRS = ["192.168.10.0/24"]
-WIREGUARD_CIDR = "10.44.0.0/24"
-# A route another team added to a second table of the VPC; replace-gateway
-# must repoint it too.
-EXTRA_ROUTE = "172.20.0.0/16"
-ROUTED = [*HOMELAB_CIDRS, WIREGUARD_CIDR, EXTRA_ROUTE]
 EXAMPLE = REPO / "inventories/example"
 CANDIDATE = {"PAYCORE_GATEWAY": "candidate"}
 
@@ -76,7 +72,7 @@ def edge_replace(ctx):
     ec2 = ctx.aws("ec2")
 
     def run(playbook, **extra):
-        return ctx.run(playbook, extra_vars={**variables, **extra}, env=ctx.aws_env).check()
+        return ctx.play(playbook, **variables, **extra)
 
     def inventories() -> dict:
         return {
