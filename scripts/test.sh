@@ -1,12 +1,46 @@
 #!/usr/bin/env bash
 # Everything CI runs: lint, then the repo and service test suites beside every
-# Molecule scenario. Set PAYCORE_SCENARIOS="common edge" to run only those
-# scenarios, PAYCORE_SKIP_MOLECULE=1 to run none, PAYCORE_MOLECULE_JOBS=N to
-# run N scenarios at a time (default 2).
+# Molecule scenario, then a table of where the time went. Set
+# PAYCORE_SCENARIOS="common edge" to run only those scenarios,
+# PAYCORE_SKIP_MOLECULE=1 to run none, PAYCORE_MOLECULE_JOBS=N to run N
+# scenarios at a time (default 2).
+#
+# A developer's inner loop on one scenario (nothing else runs):
+#   test.sh --scenario NAME                the scenario's whole sequence
+#   test.sh --scenario NAME --converge     create and converge, hosts left up
+#   test.sh --scenario NAME --verify-only  its tests, against the hosts left up
+#   test.sh --scenario NAME --destroy      remove them
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 failed=()
+start_all=$SECONDS
+# The CI time budget on a quiet 2-core machine (README.md, Development).
+budget=${PAYCORE_TEST_BUDGET_SECONDS:-1500}
+timings=.cache/timings.tsv
+
+usage() { sed -n '8,12s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+only_scenario= step=
+while (($#)); do
+    case $1 in
+        --scenario) [[ $# -ge 2 ]] || usage; only_scenario=$2; shift 2 ;;
+        --converge|--verify-only|--destroy) step=${1#--}; shift ;;
+        *) usage ;;
+    esac
+done
+[[ -z $step || -n $only_scenario ]] || usage
+if [[ -n $only_scenario && ! -f molecule/$only_scenario/molecule.yml ]]; then
+    echo "no Molecule scenario named $only_scenario (see molecule/)" >&2
+    exit 2
+fi
+
+# Prefixes each line with the unix time it arrived (the timing table reads it).
+stamp_lines() {
+    local line
+    while IFS= read -r line; do printf '%(%s)T %s\n' -1 "$line"; done
+}
+
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$timings"; }
 
 # pytest exits 5 when it collected nothing: that is a failure of the suite here,
 # because each suite below is expected to hold tests. Output goes to
@@ -16,6 +50,7 @@ run_pytest() {
     local start=$SECONDS
     "$@" > ".cache/pytest-$name.log" 2>&1
     local rc=$?
+    record pytest "$name" $((SECONDS - start))
     if ((rc == 0)); then
         echo "    pytest $name passed in $((SECONDS - start)) s: $(tail -n 1 ".cache/pytest-$name.log")"
     else
@@ -26,22 +61,6 @@ run_pytest() {
     return "$rc"
 }
 
-echo "==> lint"
-scripts/lint.sh || failed+=(lint)
-
-# The test suites run beside the Molecule scenarios (the longest part), so
-# the whole run takes about as long as the slowest scenario plus set-up.
-echo "==> pytest: the repo and service suites, in the background"
-(
-    rc=0
-    run_pytest repo pytest -q -p no:cacheprovider tests || rc=$((rc | 1))
-    if [[ -f service/pyproject.toml ]]; then
-        run_pytest service bash -c 'cd service && exec pytest -q -p no:cacheprovider' || rc=$((rc | 2))
-    fi
-    exit "$rc"
-) > .cache/pytest-summary.log 2>&1 &
-pytest_pid=$!
-
 # The recap lines of a scenario's check step (--check on the converged hosts)
 # that report changes. Molecule runs that step but does not fail on changes.
 check_mode_changes() {
@@ -51,8 +70,10 @@ check_mode_changes() {
 
 # One Molecule scenario, its output kept in .cache/molecule-<scenario>.log.
 run_scenario() {
-    local scenario=$1 start=$SECONDS log=.cache/molecule-$1.log changes
-    if ! molecule test -s "$scenario" > "$log" 2>&1; then
+    local scenario=$1 start=$SECONDS log=.cache/molecule-$1.log changes rc=0
+    molecule test -s "$scenario" 2>&1 | stamp_lines > "$log" || rc=$?
+    record molecule "$scenario" $((SECONDS - start))
+    if ((rc != 0)); then
         echo "    molecule $scenario FAILED in $((SECONDS - start)) s; last lines of its log:"
         tail -60 "$log" | sed 's/^/    | /'
         return 1
@@ -73,6 +94,45 @@ reap_one() {
     if ((rc == 0)); then passed=$((passed + 1)); else failed+=("molecule:${running[$done_pid]}"); fi
     unset "running[$done_pid]"
 }
+
+print_timings() {
+    .venv/bin/python scripts/timings.py .cache "$budget" $((SECONDS - start_all))
+}
+
+: > "$timings"
+
+# One scenario, one step: the inner loop, no lint or test suites.
+if [[ -n $step ]]; then
+    case $step in
+        converge) exec molecule converge -s "$only_scenario" ;;
+        verify-only) exec molecule verify -s "$only_scenario" ;;
+        destroy) exec molecule destroy -s "$only_scenario" ;;
+    esac
+fi
+if [[ -n $only_scenario ]]; then
+    run_scenario "$only_scenario"
+    rc=$?
+    print_timings
+    exit "$rc"
+fi
+
+echo "==> lint"
+lint_start=$SECONDS
+scripts/lint.sh || failed+=(lint)
+record lint - $((SECONDS - lint_start))
+
+# The test suites run beside the Molecule scenarios (the longest part), so
+# the whole run takes about as long as the slowest scenario plus set-up.
+echo "==> pytest: the repo and service suites, in the background"
+(
+    rc=0
+    run_pytest repo pytest -q -p no:cacheprovider tests || rc=$((rc | 1))
+    if [[ -f service/pyproject.toml ]]; then
+        run_pytest service bash -c 'cd service && exec pytest -q -p no:cacheprovider' || rc=$((rc | 2))
+    fi
+    exit "$rc"
+) > .cache/pytest-summary.log 2>&1 &
+pytest_pid=$!
 
 if [[ -z ${PAYCORE_SKIP_MOLECULE:-} ]]; then
     # A scenario with a SKIP file is left out of the default run, and says why.
@@ -117,6 +177,7 @@ case $? in
 esac
 cat .cache/pytest-summary.log
 
+print_timings
 if ((${#failed[@]})); then
     echo "FAILED: ${failed[*]}" >&2
     exit 1

@@ -43,6 +43,7 @@ def test_there_are_roles():
 def test_argument_specs_match_defaults(role):
     spec_file = ROLES / role / "meta" / "argument_specs.yml"
     assert spec_file.is_file(), f"{role} has no meta/argument_specs.yml"
+    # Entry points besides main (tasks_from) document the options they use.
     options = options_of(spec_file)
     defaults_file = ROLES / role / "defaults" / "main.yml"
     defaults = load(defaults_file) if defaults_file.is_file() else {}

@@ -62,7 +62,7 @@ PROMQL_WORDS = {
     # functions used in dashboards (a function is always followed by "(")
 }
 
-# Families cAdvisor exposes (github.com/google/cadvisor docs/storage/prometheus.md)
+# Families cAdvisor exposes (https://github.com/google/cadvisor/blob/master/docs/storage/prometheus.md)
 # with the metric groups the cadvisor role leaves enabled.
 CADVISOR_METRICS = {
     "container_cpu_usage_seconds_total",

@@ -1,4 +1,4 @@
-"""Every row of API.md, and each error code, against the real database."""
+"""Every row of docs/api.md, and each error code, against the real database."""
 
 from __future__ import annotations
 

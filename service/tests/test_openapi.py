@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -147,3 +148,20 @@ def new_merchant_sync(database):
         return asyncio.run(go())
 
     return make
+
+
+API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+_ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE) (/\S*)` \|.*\| (\d{3})\b[^|]*\|$")
+
+
+def test_api_doc_lists_exactly_the_documented_operations():
+    """docs/api.md, the human-readable contract, lists every path and method of
+    the OpenAPI document and nothing else, each with a success status the
+    document also gives."""
+    rows = [m.groups() for line in API_DOC.read_text().splitlines() if (m := _ROW.match(line))]
+    listed = {(method.lower(), path) for method, path, _ in rows}
+    assert len(listed) == len(rows), "an operation is listed twice"
+    assert listed == _documented()
+    doc = document()
+    for method, path, status in rows:
+        assert status in doc["paths"][path][method.lower()]["responses"], (method, path)

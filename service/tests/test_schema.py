@@ -261,3 +261,13 @@ async def test_reconcile_reports_orphan_entries(database, merchant, owner_conn):
             await owner_conn.execute("SET LOCAL session_replication_role = replica")
             await owner_conn.execute("DELETE FROM entries WHERE id = $1", entry_id)
     assert (await reconcile.run(owner_conn, record=False))["ok"]
+
+
+async def test_legacy_payment_functions_are_dropped(owner_conn):
+    """sql/0007: only ledger_pay (and the JSON renderer it uses) remain."""
+    names = {
+        r["proname"]
+        for r in await owner_conn.fetch("SELECT proname FROM pg_proc WHERE proname LIKE 'ledger%'")
+    }
+    assert {"ledger_pay", "ledger_payment_json"} <= names
+    assert not names & {"ledger_create_payment", "ledger_create_payment_with_key"}

@@ -41,6 +41,8 @@ outsider = testinfra.get_host("docker://paycore-network-outsider")
 
 # The full-range TCP scanner the outsider runs (see its docstring).
 PORT_SCAN = (Path(__file__).parents[2] / "shared/tcp_syn_scan.py").read_text()
+# The site contract converge.yml loads: ports, upstreams and firewall services.
+CONTRACT = Path(__file__).parents[3] / "playbooks" / "vars" / "contract.yml"
 
 
 def wait_for(check, timeout=90, interval=2):
@@ -97,9 +99,15 @@ def docker(*args):
 
 
 def apply_role(role, hosts, extra_vars=None, environment=None):
-    """Runs one role on some hosts of the scenario (its inventory, as converge
-    does); returns (return code, output)."""
-    play = {"name": f"Apply {role}", "hosts": hosts, "gather_facts": False, "roles": [role]}
+    """Runs one role on some hosts of the scenario (its inventory and the site
+    contract, as converge does); returns (return code, output)."""
+    play = {
+        "name": f"Apply {role}",
+        "hosts": hosts,
+        "gather_facts": False,
+        "vars_files": [str(CONTRACT)],
+        "roles": [role],
+    }
     if environment:
         play["environment"] = environment
     with tempfile.TemporaryDirectory() as tmp:

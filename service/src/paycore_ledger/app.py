@@ -13,17 +13,16 @@ import asyncpg
 from aiohttp import web
 
 from . import metrics
+from .app_keys import DB_KEY, POOL_TASK_KEY, SETTINGS_KEY
 from .config import Settings
 from .db import UNAVAILABLE_ERRORS, Database, timed_out, unavailable
 from .handlers import accounts, payments, payouts, system
-from .handlers.common import DB_KEY, SETTINGS_KEY
 from .logs import merchant_id_var, operation_var, request_id_var
 from .problems import Problem
 from .validation import MAX_BODY_BYTES
 
 log = logging.getLogger("paycore.http")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_POOL_TASK = web.AppKey("pool_task", asyncio.Task)
 _STATUS = {code: str(code) for code in range(100, 600)}  # label strings, made once
 
 
@@ -62,6 +61,7 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
         try:
             response = await handler(request)
         except Problem as problem:
+            metrics.record_problem(problem.code)
             response = problem.response()
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -132,11 +132,11 @@ async def _pool_gauges(app: web.Application) -> None:
 
 async def _on_startup(app: web.Application) -> None:
     await app[DB_KEY].warm_up()
-    app[_POOL_TASK] = asyncio.create_task(_pool_gauges(app))
+    app[POOL_TASK_KEY] = asyncio.create_task(_pool_gauges(app))
 
 
 async def _on_cleanup(app: web.Application) -> None:
-    task = app[_POOL_TASK]
+    task = app[POOL_TASK_KEY]
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -7,6 +7,7 @@ a crash or a 5xx leaves no key behind and the client can simply retry.
 While the first request runs, its uncommitted row is the in-progress state: a
 concurrent request with the same key waits on it (lock_timeout), then either
 replays the committed answer or gets 409 idempotency_key_in_use.
+The answers are plain data; the HTTP layer records their metrics.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ async def _attempt(conn, merchant_id, key, method, path, fp, action) -> Answer:
         try:
             outcome = await action(conn)
         except Refusal as refusal:
-            outcome = Outcome(refusal.status, refusal.to_dict(), [refused(refusal.code)])
+            outcome = Outcome(refusal.status, refusal.to_dict())
         text = json.dumps(outcome.body)
         await conn.execute(
             """
@@ -132,14 +133,10 @@ async def _replay(conn, merchant_id: str, key: str, fp: bytes) -> Answer:
 
 
 def replayed(status: int, body: str) -> Answer:
-    from . import metrics
-
-    metrics.IDEMPOTENT_REPLAYS.inc()
     return Answer(status, body, True)
 
 
 def reused() -> Problem:
-    _conflict("reused")
     return Problem(
         422,
         "idempotency_key_reused",
@@ -148,7 +145,6 @@ def reused() -> Problem:
 
 
 def in_use() -> Problem:
-    _conflict("in_use")
     return Problem(
         409,
         "idempotency_key_in_use",
@@ -164,18 +160,3 @@ async def purge(conn: asyncpg.Connection, retention_hours: int) -> int:
         retention_hours,
     )
     return int(result.split()[-1])
-
-
-def _conflict(reason: str) -> None:
-    from . import metrics
-
-    metrics.IDEMPOTENCY_CONFLICTS.labels(reason).inc()
-
-
-def refused(code: str) -> Callable[[], None]:
-    def record() -> None:
-        from . import metrics
-
-        metrics.BUSINESS_REFUSALS.labels(code).inc()
-
-    return record

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,12 +35,25 @@ class Refusal(Problem):
         super().__init__(422, code, detail)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Movement:
+    """What a new payment, refund or payout is: plain data for the HTTP layer's
+    metrics, which it records only after the transaction commits."""
+
+    kind: str  # payment, refund, payout
+    currency: str
+    status: str  # succeeded, requires_review
+    amount: int
+
+
+@dataclass(frozen=True)
 class Outcome:
+    """The final answer of a money-moving request: the object created (with its
+    movement) or a business refusal (its problem body, no movement)."""
+
     status: int
     body: dict[str, Any]
-    # Run only after the transaction commits (metrics, logs, notifications).
-    after_commit: list[Callable[[], None]] = field(default_factory=list)
+    movement: Movement | None = None
 
 
 def system_account_id(currency: str, shard: int) -> str:
@@ -246,7 +259,7 @@ async def create_refund(
             """,
             args=(merchant_id, payment_id),
         )
-    return Outcome(201, refund_view(row), [count("refund", row["currency"], "succeeded", amount)])
+    return Outcome(201, refund_view(row), Movement("refund", row["currency"], "succeeded", amount))
 
 
 async def create_payout(
@@ -271,7 +284,7 @@ async def create_payout(
             """,
             args=(merchant_id,),
         )
-    return Outcome(201, payout_view(row), [count("payout", currency, "succeeded", amount)])
+    return Outcome(201, payout_view(row), Movement("payout", currency, "succeeded", amount))
 
 
 class ReviewError(Exception):
@@ -309,17 +322,3 @@ async def decide_payment(conn: asyncpg.Connection, payment_id: str, approve: boo
                 payment_id,
             )
     return payment_view(row)
-
-
-def count(kind: str, currency: str, status: str, amount: int) -> Callable[[], None]:
-    def record() -> None:
-        from . import metrics
-
-        counter = {"payment": metrics.PAYMENTS, "refund": metrics.REFUNDS}.get(
-            kind, metrics.PAYOUTS
-        )
-        metrics.child(counter, currency, status).inc()
-        if status == "succeeded":
-            metrics.child(metrics.AMOUNT_MOVED, currency, kind).inc(amount)
-
-    return record

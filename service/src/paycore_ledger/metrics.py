@@ -72,6 +72,29 @@ def child(metric, *labels: str):
     return metric.labels(*labels)
 
 
+_CREATED = {"payment": PAYMENTS, "refund": REFUNDS, "payout": PAYOUTS}
+_CONFLICTS = {"idempotency_key_reused": "reused", "idempotency_key_in_use": "in_use"}
+
+
+def record_created(kind: str, currency: str, status: str, amount: int) -> None:
+    """A committed payment/refund/payout; money moved only if it succeeded."""
+    child(_CREATED[kind], currency, status).inc()
+    if status == "succeeded":
+        child(AMOUNT_MOVED, currency, kind).inc(amount)
+
+
+def record_refusal(code: str) -> None:
+    """A committed (stored) business refusal."""
+    child(BUSINESS_REFUSALS, code).inc()
+
+
+def record_problem(code: str) -> None:
+    """A problem answer; counts the Idempotency-Key conflicts among them."""
+    reason = _CONFLICTS.get(code)
+    if reason is not None:
+        child(IDEMPOTENCY_CONFLICTS, reason).inc()
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 

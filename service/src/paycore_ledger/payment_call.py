@@ -11,6 +11,7 @@ byte-for-byte the original.
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 from typing import Any
@@ -21,6 +22,18 @@ from . import idempotency, ledger
 from .auth import hash_key, unauthorized
 from .ids import new_id
 from .logs import merchant_id_var
+
+
+class PayOutcome(enum.StrEnum):
+    """What `ledger_pay` did (its `outcome` column, sql/0006)."""
+
+    UNAUTHORIZED = "unauthorized"  # no such API key, or revoked: nothing else ran
+    CREATED = "created"  # a new answer, stored with the key
+    REPLAYED = "replayed"  # the answer stored under the key
+    REUSED = "reused"  # the key holds another request
+    IN_USE = "in_use"  # the first request with the key is still running
+    VANISHED = "vanished"  # the key was purged between claim and read: retry
+
 
 _CALL = "SELECT * FROM ledger_pay($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 
@@ -73,17 +86,19 @@ async def create_payment(
                 raise
             continue
         merchant_id_var.set(merchant_id)
-        if outcome == "created":
-            return _created(status, text, payment_id, currency, amount, review)
-        if outcome == "replayed":
-            return idempotency.replayed(status, text)
-        if outcome == "unauthorized":
-            raise unauthorized()
-        if outcome == "reused":
-            raise idempotency.reused()
-        if outcome == "in_use":
-            raise idempotency.in_use()
-        # "vanished": the key was purged between our claim and our read; retry.
+        match PayOutcome(outcome):
+            case PayOutcome.CREATED:
+                return _created(status, text, payment_id, currency, amount, review)
+            case PayOutcome.REPLAYED:
+                return idempotency.replayed(status, text)
+            case PayOutcome.UNAUTHORIZED:
+                raise unauthorized()
+            case PayOutcome.REUSED:
+                raise idempotency.reused()
+            case PayOutcome.IN_USE:
+                raise idempotency.in_use()
+            case PayOutcome.VANISHED:
+                continue
     raise idempotency.in_use()
 
 
@@ -91,12 +106,11 @@ def _created(
     status: int, text: str, payment_id: str, currency: str, amount: int, review: bool
 ) -> idempotency.Answer:
     # The body is already rendered (text); the outcome carries only what the
-    # after-commit effects and the log line need, so nothing is parsed again.
+    # metrics and the log line need, so nothing is parsed again.
     if status == 201:
         state = "requires_review" if review else "succeeded"
-        effects = [ledger.count("payment", currency, state, amount)]
-        summary = {"object": "payment", "id": payment_id}
+        movement = ledger.Movement("payment", currency, state, amount)
+        outcome = ledger.Outcome(status, {"object": "payment", "id": payment_id}, movement)
     else:
-        effects = [idempotency.refused("account_not_found")]
-        summary = {"code": "account_not_found"}
-    return idempotency.Answer(status, text, False, ledger.Outcome(status, summary, effects))
+        outcome = ledger.Outcome(status, {"code": "account_not_found"})
+    return idempotency.Answer(status, text, False, outcome)

@@ -6,10 +6,11 @@ import asyncpg
 from aiohttp import web
 
 from .. import validation
+from ..app_keys import SETTINGS_KEY
 from ..ids import entry_public_id, new_id, parse_entry_id, transaction_public_id
 from ..ledger import _iso, account_view, ensure_system_accounts
 from ..problems import Problem, field_error
-from .common import SETTINGS_KEY, authenticated, json_response, path_id
+from .common import authenticated, json_response, path_id
 
 
 def not_found() -> Problem:

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
-from .. import idempotency, validation
+from .. import idempotency, metrics, validation
+from ..app_keys import DB_KEY
 from ..auth import authenticate, bearer_token
-from ..config import Settings
-from ..db import Database
 from ..ids import valid_id
 from ..ledger import Outcome
 from ..logs import merchant_id_var, operation_var
 from ..problems import Problem
-
-DB_KEY = web.AppKey("db", Database)
-SETTINGS_KEY = web.AppKey("settings", Settings)
 
 log = logging.getLogger("paycore.ledger")
 _REPLAYED = {"Idempotent-Replayed": "true"}
@@ -50,6 +47,21 @@ async def authenticate_first(request: web.Request, token: str) -> None:
         merchant_id_var.set(await authenticate(conn, token))
 
 
+@contextlib.asynccontextmanager
+async def refusals_after_authentication(request: web.Request, token: str) -> AsyncIterator[None]:
+    """Checks made before the key is known to be good: the body is read first
+    (before a pooled connection is taken, so a slow client holds none), and a
+    Problem raised here (413, bad JSON, bad field, ...) answers 401 instead
+    if the key is wrong."""
+    try:
+        if request.body_exists:
+            await validation.read_raw(request)
+        yield
+    except Problem:
+        await authenticate_first(request, token)
+        raise
+
+
 def authenticated(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Resolve the merchant from the bearer key, on the connection the handler will use.
 
@@ -60,14 +72,8 @@ def authenticated(handler: Handler) -> Callable[[web.Request], Awaitable[web.Str
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
         token = bearer_token(request)
-        if request.body_exists:
-            # Read the body before taking a pooled connection, so a slow client
-            # cannot hold one. Oversized: 413, but only for a valid key.
-            try:
-                await validation.read_raw(request)
-            except Problem:
-                await authenticate_first(request, token)
-                raise
+        async with refusals_after_authentication(request, token):
+            pass  # the body read; the handler's own checks run once authenticated
         async with request.app[DB_KEY].connection() as conn:
             merchant_id = await authenticate(conn, token)
             merchant_id_var.set(merchant_id)
@@ -98,10 +104,9 @@ async def idempotent_post(
 
 def respond(answer: idempotency.Answer) -> web.Response:
     """The response to an idempotent POST, once its transaction has committed."""
-    # The transaction has committed: only now run side effects.
+    # The transaction has committed: only now record its side effects.
     if answer.outcome is not None:
-        for effect in answer.outcome.after_commit:
-            effect()
+        record(answer.outcome)
         obj = answer.outcome.body
         # Logged with the request's own line (app.observe), not a line of its own.
         operation_var.set(
@@ -112,6 +117,7 @@ def respond(answer: idempotency.Answer) -> web.Response:
             }
         )
     elif answer.replayed:
+        metrics.IDEMPOTENT_REPLAYS.inc()
         operation_var.set({"replayed": True})
     headers = _REPLAYED if answer.replayed else None
     return web.Response(
@@ -120,3 +126,12 @@ def respond(answer: idempotency.Answer) -> web.Response:
         content_type=answer.content_type,
         headers=headers,
     )
+
+
+def record(outcome: Outcome) -> None:
+    """Metrics of a committed outcome: what it created, or the refusal stored."""
+    if outcome.movement is not None:
+        m = outcome.movement
+        metrics.record_created(m.kind, m.currency, m.status, m.amount)
+    else:
+        metrics.record_refusal(outcome.body["code"])

@@ -6,16 +6,15 @@ import asyncpg
 from aiohttp import web
 
 from .. import ledger, payment_call, validation
+from ..app_keys import DB_KEY, SETTINGS_KEY
 from ..auth import bearer_token
 from ..problems import Problem
 from .common import (
-    DB_KEY,
-    SETTINGS_KEY,
-    authenticate_first,
     authenticated,
     idempotent_post,
     json_response,
     path_id,
+    refusals_after_authentication,
     respond,
 )
 
@@ -26,9 +25,7 @@ async def create_payment(request: web.Request) -> web.Response:
     first, so a wrong key still answers 401 whatever else is wrong."""
     token = bearer_token(request)
     settings = request.app[SETTINGS_KEY]
-    try:
-        if request.body_exists:
-            await validation.read_raw(request)  # before taking a pooled connection
+    async with refusals_after_authentication(request, token):
         key = validation.idempotency_key(request)
         body = await validation.read_json(request)
         validation.reject_unknown(body, {"amount", "currency", "description", "metadata"})
@@ -36,9 +33,6 @@ async def create_payment(request: web.Request) -> web.Response:
         currency = validation.currency(body, settings.currencies)
         description = validation.description(body)
         metadata = validation.metadata(body)
-    except Problem:
-        await authenticate_first(request, token)
-        raise
     async with request.app[DB_KEY].connection() as conn:
         answer = await payment_call.create_payment(
             conn,

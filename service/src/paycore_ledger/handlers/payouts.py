@@ -6,8 +6,9 @@ import asyncpg
 from aiohttp import web
 
 from .. import ledger, validation
+from ..app_keys import SETTINGS_KEY
 from ..problems import Problem
-from .common import SETTINGS_KEY, authenticated, idempotent_post, json_response, path_id
+from .common import authenticated, idempotent_post, json_response, path_id
 
 
 @authenticated

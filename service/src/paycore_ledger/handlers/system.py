@@ -10,10 +10,11 @@ import asyncpg
 from aiohttp import web
 
 from .. import metrics
+from ..app_keys import DB_KEY
 from ..db import UNAVAILABLE_ERRORS
 from ..openapi import document
 from ..problems import Problem
-from .common import DB_KEY, json_response
+from .common import json_response
 
 
 async def healthz(request: web.Request) -> web.Response:
