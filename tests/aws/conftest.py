@@ -12,7 +12,9 @@ Every scenario of the selected tests starts with the session, in a thread
 of its own, so that independent environments are built side by side (at
 most PAYCORE_AWS_TEST_JOBS playbooks at a time, default 3); its tests wait
 for the stage they check. Read-only tests share one provisioned
-environment; tests that change an environment have one of their own.
+environment ("edge"); tests that change an environment do it where no
+read-only test looks any more: in one of their own, or in "edge" once its
+read-only tests have run (test_edge.py, READ_ONLY_DONE).
 """
 
 from __future__ import annotations
