@@ -46,6 +46,12 @@ from moto.iam.responses import IamResponse
 from moto.server import ThreadedMotoServer
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with RUN_FIRST = True first (stable): their read-only tests gate
+    stages of a scenario (test_edge.py), which should not wait for other modules."""
+    items.sort(key=lambda item: not getattr(item.module, "RUN_FIRST", False))
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

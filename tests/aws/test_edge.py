@@ -48,6 +48,9 @@ TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:{DEPLOYMENT}-alerts"
 ALERTS_USER = f"{DEPLOYMENT}-alertmanager"
 # Set once the read-only tests have run: the stages that change "edge" wait for it.
 READ_ONLY_DONE = threading.Event()
+# This module's tests run before the other modules' (conftest.py), so the
+# stages waiting for READ_ONLY_DONE start as soon as the read-only tests are done.
+RUN_FIRST = True
 
 
 def terminate(ec2, instance_id: str) -> None:
