@@ -27,6 +27,14 @@ def load(path):
         return yaml.safe_load(handle) or {}
 
 
+def options_of(spec_file):
+    """Options of every entry point (main, or those callers pick with tasks_from), merged."""
+    options = {}
+    for entry_point in load(spec_file)["argument_specs"].values():
+        options.update(entry_point.get("options") or {})
+    return options
+
+
 def test_there_are_roles():
     assert roles(), f"no roles found under {ROLES}"
 
@@ -36,9 +44,7 @@ def test_argument_specs_match_defaults(role):
     spec_file = ROLES / role / "meta" / "argument_specs.yml"
     assert spec_file.is_file(), f"{role} has no meta/argument_specs.yml"
     # Entry points besides main (tasks_from) document the options they use.
-    options = {}
-    for entry_point in load(spec_file)["argument_specs"].values():
-        options.update(entry_point.get("options") or {})
+    options = options_of(spec_file)
     defaults_file = ROLES / role / "defaults" / "main.yml"
     defaults = load(defaults_file) if defaults_file.is_file() else {}
 
@@ -58,6 +64,14 @@ def test_argument_specs_match_defaults(role):
         )
         if declared == "int":
             assert not isinstance(value, bool), f"{role}: {name} is a bool, declared int"
+
+
+@pytest.mark.parametrize("role", roles())
+def test_every_entry_point_has_its_tasks_file(role):
+    entry_points = load(ROLES / role / "meta" / "argument_specs.yml")["argument_specs"]
+    tasks = ROLES / role / "tasks"
+    missing = [name for name in entry_points if not (tasks / f"{name}.yml").is_file()]
+    assert not missing, f"{role}: entry points without tasks/<name>.yml: {missing}"
 
 
 @pytest.mark.parametrize("role", roles())

@@ -5,6 +5,16 @@ whole session. The tests run the real playbooks with the project's
 ansible-playbook against it and check the result with boto3. No traffic
 leaves loopback: the credentials are fake and the instance metadata service
 is disabled for boto3.
+
+Each environment (a deployment: its own tags, VPC, secrets) is built by a
+scenario, a list of stages registered with @scenario in its test module.
+Every scenario of the selected tests starts with the session, in a thread
+of its own, so that independent environments are built side by side (at
+most PAYCORE_AWS_TEST_JOBS playbooks at a time, default 3); its tests wait
+for the stage they check. Read-only tests share one provisioned
+environment ("edge"); tests that change an environment do it where no
+read-only test looks any more: in one of their own, or in "edge" once its
+read-only tests have run (test_edge.py, READ_ONLY_DONE).
 """
 
 from __future__ import annotations
@@ -13,16 +23,33 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-from awshelpers import ANSIBLE_CFG, FAKE_CREDENTIALS, REGION, REPO, VENV_BIN, Run
+from awshelpers import (
+    ANSIBLE_CFG,
+    FAKE_CREDENTIALS,
+    REGION,
+    REPO,
+    SCENARIOS,
+    VENV_BIN,
+    Chain,
+    Context,
+    Run,
+)
 from moto.core.responses import ActionResult
 from moto.iam.responses import IamResponse
 from moto.server import ThreadedMotoServer
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with RUN_FIRST = True first (stable): their read-only tests gate
+    stages of a scenario (test_edge.py), which should not wait for other modules."""
+    items.sort(key=lambda item: not getattr(item.module, "RUN_FIRST", False))
 
 
 def _free_port() -> int:
@@ -115,7 +142,11 @@ def empty_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def run_playbook(base_env: dict[str, str], empty_inventory: Path) -> Callable[..., Run]:
-    """Run playbooks/<name> (or a path) with ansible-playbook and return the result."""
+    """Run playbooks/<name> (or a path) with ansible-playbook and return the result.
+
+    Safe to call from several threads; at most PAYCORE_AWS_TEST_JOBS runs at once.
+    """
+    slots = threading.BoundedSemaphore(int(os.environ.get("PAYCORE_AWS_TEST_JOBS", "3")))
 
     def run(
         playbook: str | Path,
@@ -131,15 +162,16 @@ def run_playbook(base_env: dict[str, str], empty_inventory: Path) -> Callable[..
         if extra_vars:
             command += ["-e", json.dumps(extra_vars)]
         command += list(args)
-        proc = subprocess.run(
-            command,
-            cwd=REPO,
-            env=env if env is not None else base_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        with slots:
+            proc = subprocess.run(
+                command,
+                cwd=REPO,
+                env=env if env is not None else base_env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
         return Run(command, proc.returncode, proc.stdout, proc.stderr)
 
     return run
@@ -181,3 +213,19 @@ def debian_images(aws) -> dict[str, str]:
     ec2.register_image(Name="debian-12-amd64-20991231-9999", RootDeviceName="/dev/xvda")
     ec2.terminate_instances(InstanceIds=[builder["InstanceId"]])
     return images
+
+
+@pytest.fixture(scope="session")
+def context(run_playbook, aws, endpoint_url, base_env, aws_env) -> Context:
+    return Context(run_playbook, aws, endpoint_url, base_env, aws_env)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scenarios(request: pytest.FixtureRequest, context: Context) -> dict[str, Chain]:
+    """Start the scenarios of the selected tests' modules, longest first."""
+    modules = {item.module.__name__ for item in request.session.items if item.module}
+    wanted = sorted((s.priority, name) for name, s in SCENARIOS.items() if s.module in modules)
+    for _, name in wanted:
+        for fixture in SCENARIOS[name].needs:
+            request.getfixturevalue(fixture)
+    return {name: Chain(name, SCENARIOS[name].build(context)) for _, name in wanted}

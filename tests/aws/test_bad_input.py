@@ -26,7 +26,7 @@ def assert_nothing_created(aws) -> None:
     ["aws-provision.yml", "aws-replace-gateway.yml", "aws-teardown.yml", "aws-secrets.yml"],
 )
 def test_missing_region(playbook, run_playbook, aws_env, endpoint_url, aws):
-    variables = edge_vars(endpoint_url, DEPLOYMENT)
+    variables = edge_vars(endpoint_url, DEPLOYMENT, paycore_aws_teardown_confirm=DEPLOYMENT)
     del variables["aws_edge_region"], variables["aws_secrets_region"]
     # Neither a variable nor AWS_REGION / AWS_DEFAULT_REGION (aws_env has none).
     run = run_playbook(playbook, extra_vars=variables, env=aws_env)

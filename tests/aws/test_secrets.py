@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import shutil
 import subprocess
 
 import pytest
 import yaml
-from awshelpers import REGION, REPO, VENV_BIN, tags_of
+from awshelpers import REGION, REPO, VENV_BIN, scenario, tags_of
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 DEPLOYMENT = "sectest"
 PASSWORDS = [
@@ -33,6 +36,7 @@ FOREIGN_POLICY = {
 }
 ALERTS_USER = f"{DEPLOYMENT}-alertmanager"
 CREDENTIALS = f"{DEPLOYMENT}/alertmanager_sns_credentials"
+WIREGUARD_KEY = f"{DEPLOYMENT}/wireguard_gateway_private_key"
 
 
 def secrets_vars(endpoint_url: str) -> dict:
@@ -45,8 +49,10 @@ def secrets_vars(endpoint_url: str) -> dict:
 
 
 def names() -> list[str]:
-    return [f"{DEPLOYMENT}/{p}" for p in PASSWORDS] + [
-        f"{DEPLOYMENT}/merchants/{m}/api_key" for m in MERCHANTS
+    return [
+        *(f"{DEPLOYMENT}/{p}" for p in PASSWORDS),
+        *(f"{DEPLOYMENT}/merchants/{m}/api_key" for m in MERCHANTS),
+        WIREGUARD_KEY,
     ]
 
 
@@ -73,27 +79,36 @@ def everything_empty_but(found: dict[str, list[str]], **expected: list[str]) -> 
         assert sorted(found[key]) == sorted(expected.get(key, [])), (key, found)
 
 
+@scenario("secrets", priority=3)
+def secrets(ctx):
+    def first_run(done):
+        sm = ctx.aws("secretsmanager")
+        # One secret exists before the first run, with someone else's tag and
+        # resource policy: it must be left exactly as it is.
+        sm.create_secret(
+            Name=f"{DEPLOYMENT}/postgresql_app_password",
+            SecretString=EXISTING,
+            Tags=[{"Key": k, "Value": v} for k, v in FOREIGN_TAGS.items()],
+        )
+        sm.put_resource_policy(
+            SecretId=f"{DEPLOYMENT}/postgresql_app_password",
+            ResourcePolicy=json.dumps(FOREIGN_POLICY),
+        )
+        # The IAM user aws-provision.yml would have made for Alertmanager.
+        ctx.aws("iam").create_user(UserName=ALERTS_USER, Path="/paycore/")
+        # -vvv shows module arguments and results: the strictest check for leaks.
+        run = ctx.run(
+            "aws-secrets.yml", "-vvv", extra_vars=secrets_vars(ctx.endpoint_url), env=ctx.aws_env
+        ).check()
+        return run, values(ctx.aws) | {CREDENTIALS: json.dumps(credentials(ctx.aws))}
+
+    return [("first run", first_run)]
+
+
 @pytest.fixture(scope="module")
-def first_run(aws, run_playbook, aws_env, endpoint_url):
-    sm = aws("secretsmanager")
-    # One secret exists before the first run, with someone else's tag and
-    # resource policy: it must be left exactly as it is.
-    sm.create_secret(
-        Name=f"{DEPLOYMENT}/postgresql_app_password",
-        SecretString=EXISTING,
-        Tags=[{"Key": k, "Value": v} for k, v in FOREIGN_TAGS.items()],
-    )
-    sm.put_resource_policy(
-        SecretId=f"{DEPLOYMENT}/postgresql_app_password",
-        ResourcePolicy=json.dumps(FOREIGN_POLICY),
-    )
-    # The IAM user aws-provision.yml would have made for Alertmanager.
-    aws("iam").create_user(UserName=ALERTS_USER, Path="/paycore/")
-    # -vvv shows module arguments and results: the strictest check for leaks.
-    run = run_playbook(
-        "aws-secrets.yml", "-vvv", extra_vars=secrets_vars(endpoint_url), env=aws_env
-    ).check()
-    return run, values(aws) | {CREDENTIALS: json.dumps(credentials(aws))}
+def first_run(scenarios):
+    """The first run (in the background from the start); the tests below run after it, in order."""
+    return scenarios["secrets"].result("first run")
 
 
 def test_creates_missing_and_keeps_existing(first_run, aws):
@@ -102,6 +117,8 @@ def test_creates_missing_and_keeps_existing(first_run, aws):
     for name, value in created.items():
         if name.endswith(("postgresql_app_password", "alertmanager_sns_credentials")):
             continue
+        if name == WIREGUARD_KEY:
+            continue  # test_wireguard_key_is_a_valid_private_key
         expected = 40 if "/merchants/" in name else 32
         assert len(value) == expected and value.isalnum(), name
     assert len(set(created.values())) == len(created)  # all generated independently
@@ -119,6 +136,23 @@ def test_creates_missing_and_keeps_existing(first_run, aws):
     assert tags_of(sm.describe_secret(SecretId=existing)) == FOREIGN_TAGS
     policy = sm.get_resource_policy(SecretId=existing)["ResourcePolicy"]
     assert json.loads(policy) == FOREIGN_POLICY
+
+
+def test_wireguard_key_is_a_valid_private_key(first_run):
+    """As wg genkey makes it: 32 bytes, base64, clamped for X25519; wg and X25519 accept it."""
+    _, created = first_run
+    key = created[WIREGUARD_KEY]
+    raw = base64.b64decode(key, validate=True)
+    assert len(key) == 44 and len(raw) == 32
+    assert raw[0] & 7 == 0 and raw[31] & 128 == 0 and raw[31] & 64 == 64
+    public = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw()
+    if shutil.which("wg"):  # wireguard-tools derives the same public key
+        derived = subprocess.run(
+            ["wg", "pubkey"], input=key + "\n", capture_output=True, text=True, check=True
+        ).stdout.strip()
+        assert base64.b64decode(derived) == public
+    # Generated on its own, like every other secret.
+    assert key not in {v for n, v in created.items() if n != WIREGUARD_KEY}
 
 
 def test_alertmanager_credentials_are_a_live_key_of_the_user(first_run, aws):
@@ -230,6 +264,7 @@ def test_example_inventory_reads_secrets_manager(
     assert resolved["ledger_service_bootstrap_merchants"] == [
         {"name": m, "api_key": created[f"{DEPLOYMENT}/merchants/{m}/api_key"]} for m in MERCHANTS
     ]
+    assert resolved["paycore_wireguard_gateway_private_key"] == created[WIREGUARD_KEY]
     stored = credentials(aws)
     assert resolved["alertmanager_sns_access_key"] == stored["access_key_id"]
     assert resolved["alertmanager_sns_secret_key"] == stored["secret_access_key"]
@@ -243,6 +278,7 @@ def test_example_inventory_reads_vault(run_playbook, base_env, tmp_path):
     clear["vault_ledger_service_bootstrap_merchants"] = [{"name": "acme-shop", "api_key": "k" * 40}]
     clear["vault_alertmanager_sns_access_key"] = "vault-AKIA-value"
     clear["vault_alertmanager_sns_secret_key"] = "vault-sns-secret-value"
+    clear["vault_wireguard_gateway_private_key"] = "vault-wireguard-key-value"
     password_file = tmp_path / "vault-pass"
     password_file.write_text("test-vault-password\n")
     vault_file = tmp_path / "vault.yml"
@@ -278,3 +314,4 @@ def test_example_inventory_reads_vault(run_playbook, base_env, tmp_path):
     )
     assert resolved["alertmanager_sns_access_key"] == "vault-AKIA-value"
     assert resolved["alertmanager_sns_secret_key"] == "vault-sns-secret-value"
+    assert resolved["paycore_wireguard_gateway_private_key"] == "vault-wireguard-key-value"
