@@ -169,7 +169,9 @@ def check_agreement(site: Site, ledger_port: int):
                 (d, wireguard_address(site, d)) for d in databases
             }
             patroni_port = site.value("postgresql", database, "postgresql_patroni_rest_port")
-            assert {(int(p), int(c)) for _, _, p, c in servers} == {(int(conf["port"]), patroni_port)}
+            assert {(int(p), int(c)) for _, _, p, c in servers} == {
+                (int(conf["port"]), patroni_port)
+            }
         else:
             assert port == int(conf["port"])
             remote = host != database

@@ -27,6 +27,7 @@ GATEWAY = "paycore-database_ha-gateway"
 DATABASE_HOSTS = ["paycore-database_ha-db1", "paycore-database_ha-db2"]
 PATRONI = "patronictl -c /etc/patroni/config.yml"
 LEDGER_URL_FILE = "/etc/paycore/ledger-database.url"
+LEDGER_BIN = "/opt/paycore/ledger/bin/paycore-ledger"
 FIGURES = EPHEMERAL / "drills.json"
 
 
@@ -35,7 +36,9 @@ def run(*command, timeout=120, check=True):
         list(command), capture_output=True, text=True, timeout=timeout, check=False
     )
     if check and done.returncode != 0:
-        pytest.fail(f"{shlex.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        pytest.fail(
+            f"{shlex.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+        )
     return done
 
 
@@ -91,7 +94,7 @@ def psql(container, sql, db="paycore", check=True):
 def reconcile(container):
     return dexec(
         container,
-        f"PAYCORE_DATABASE_URL_FILE={LEDGER_URL_FILE} /opt/paycore/ledger/bin/paycore-ledger reconcile",
+        f"PAYCORE_DATABASE_URL_FILE={LEDGER_URL_FILE} {LEDGER_BIN} reconcile",
         check=False,
     )
 
@@ -141,8 +144,10 @@ def recreate(container):
     command += ["--stop-signal", "SIGRTMIN+3", platform["image"], "/sbin/init"]
     run(*command)
     wait_until(
-        lambda: dexec(container, "systemctl is-system-running", check=False).stdout.strip()
-        in ("running", "degraded"),
+        lambda: (
+            dexec(container, "systemctl is-system-running", check=False).stdout.strip()
+            in ("running", "degraded")
+        ),
         120,
         message=f"systemd in the new {container}",
     )

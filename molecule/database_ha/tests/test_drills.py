@@ -8,7 +8,9 @@ assert what must hold (no acknowledged payment lost, none doubled, reconcile
 clean), never how fast."""
 
 import json
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -28,6 +30,10 @@ from conftest import (
     run,
     wait_until,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+from exporter_checks import families, rule_metric_names
+from test_dashboards import dashboard_metric_names
 
 STATE = {}  # what a drill leaves for the next one
 
@@ -52,14 +58,11 @@ def assert_exactly_once(merchant, payments, amounts):
         response = merchant.get(session, f"/v1/payments/{payment}")
         assert response.status_code == 200, (key, payment, response.status_code)
         assert response.json()["amount"] == amounts[key]
-    low, high = min(amounts.values()), max(amounts.values())
-    doubled = psql(
-        leader(),
-        f"SELECT amount FROM payments WHERE amount BETWEEN {low} AND {high} "
-        "GROUP BY amount HAVING count(*) > 1",
-    )
+    low, high = int(min(amounts.values())), int(max(amounts.values()))
+    in_range = f"FROM payments WHERE amount BETWEEN {low} AND {high}"  # two ints
+    doubled = psql(leader(), f"SELECT amount {in_range} GROUP BY amount HAVING count(*) > 1")
     assert doubled == "", f"amounts posted twice: {doubled}"
-    count = int(psql(leader(), f"SELECT count(*) FROM payments WHERE amount BETWEEN {low} AND {high}"))
+    count = int(psql(leader(), f"SELECT count(*) {in_range}"))
     assert count == len(set(amounts.values())), (count, len(amounts))
 
 
@@ -79,13 +82,29 @@ def test_cluster_is_highly_available():
     )
     assert health.stdout.count("is healthy") == 3, health.stdout + health.stderr
     info = json.loads(
-        dexec(leader(), "runuser -u postgres -- pgbackrest --stanza=paycore --output=json info").stdout
+        dexec(
+            leader(), "runuser -u postgres -- pgbackrest --stanza=paycore --output=json info"
+        ).stdout
     )[0]
     assert info["status"]["code"] == 0, info["status"]
     assert info["cipher"] == "aes-256-cbc"
     assert len(info["backup"]) >= 1
-    archived = psql(leader(), "SELECT archived_count > 0 AND failed_count = 0 FROM pg_stat_archiver")
+    archived = psql(
+        leader(), "SELECT archived_count > 0 AND failed_count = 0 FROM pg_stat_archiver"
+    )
     assert archived == "t"
+
+
+def test_patroni_serves_the_families_the_dashboards_use():
+    """What the dashboards and the rules read from Patroni and etcd, they serve."""
+    served = set()
+    for name in DATABASE_HOSTS:
+        served |= families(dexec(name, "curl -fsS http://127.0.0.1:8008/metrics").stdout)
+    served |= families(dexec(GATEWAY, "curl -fsS http://10.44.0.1:2379/metrics").stdout)
+    needed = {n for n in dashboard_metric_names() if n.startswith("patroni_")}
+    assert needed, "no patroni_ metric in the dashboards"
+    needed |= rule_metric_names("patroni_") | rule_metric_names("etcd_")
+    assert needed - served == set()
 
 
 def test_drill1_leader_killed_under_traffic(merchant):
@@ -94,8 +113,12 @@ def test_drill1_leader_killed_under_traffic(merchant):
     victim = leader()
     assert victim in DATABASE_HOSTS
     with Traffic(merchant):
-        wait_until(lambda: sum(c.status == 201 for c in merchant.calls) >= 20, 120, 0.5,
-                   "20 payments before the kill")
+        wait_until(
+            lambda: sum(c.status == 201 for c in merchant.calls) >= 20,
+            120,
+            0.5,
+            "20 payments before the kill",
+        )
         acknowledged_before = [c for c in merchant.calls if c.status == 201]
         killed = time.monotonic()
         run("docker", "kill", victim)
@@ -158,7 +181,9 @@ def test_drill2_killed_host_rejoins_as_replica():
         )
 
     wait_until(streaming, 300, 2, f"{victim} streaming from the new leader")
-    rewound = dexec(victim, "journalctl -u patroni --no-pager | grep -c -i 'pg_rewind' || true").stdout
+    rewound = dexec(
+        victim, "journalctl -u patroni --no-pager | grep -c -i 'pg_rewind' || true"
+    ).stdout
     record(
         "drill2_rejoin",
         {
@@ -167,22 +192,31 @@ def test_drill2_killed_host_rejoins_as_replica():
             "patroni_log_lines_about_pg_rewind": int(rewound.strip() or 0),
         },
     )
-    wait_until(lambda: sorted(m["role"] for m in member_names().values()) == ["leader", "sync_standby"],
-               120, 2, "a synchronous standby again")
+    wait_until(
+        lambda: sorted(m["role"] for m in member_names().values()) == ["leader", "sync_standby"],
+        120,
+        2,
+        "a synchronous standby again",
+    )
 
 
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
         (["-e", "postgresql_restore_target_time='2001-01-01 00:00:00+00'"], "outside the archive"),
-        (["-e", "postgresql_pgbackrest_cipher_pass=not-the-key-of-these-backups"], "do not decrypt"),
+        (
+            ["-e", "postgresql_pgbackrest_cipher_pass=not-the-key-of-these-backups"],
+            "do not decrypt",
+        ),
         (["-e", "postgresql_pgbackrest_s3_endpoint=paycore-database_ha-nowhere"], "cannot be read"),
     ],
     ids=["target-outside-archive", "wrong-key", "object-store-unreachable"],
 )
 def test_bad_restore_input_stops_before_touching_the_cluster(merchant, extra, expected):
     before = leader()
-    code, output, seconds = playbook("postgresql-restore.yml", "-e", "postgresql_restore_confirm=yes", *extra)
+    code, output, seconds = playbook(
+        "postgresql-restore.yml", "-e", "postgresql_restore_confirm=yes", *extra
+    )
     assert code != 0
     assert expected in output, output[-3000:]
     assert "Nothing was changed" in output
@@ -196,7 +230,9 @@ def test_bad_restore_input_stops_before_touching_the_cluster(merchant, extra, ex
 def test_drill3_point_in_time_recovery_after_a_mistaken_drop(merchant):
     """Note T; take payments; DROP DATABASE as the superuser; restore to T."""
     session = merchant.session()
-    target = psql(leader(), "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+    target = psql(
+        leader(), "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
+    )
     time.sleep(1)
     after_target = [merchant.pay(session) for _ in range(5)]
     assert [c.status for c in after_target] == [201] * 5
@@ -205,8 +241,10 @@ def test_drill3_point_in_time_recovery_after_a_mistaken_drop(merchant):
 
     code, output, seconds = playbook(
         "postgresql-restore.yml",
-        "-e", "postgresql_restore_confirm=yes",
-        "-e", f"postgresql_restore_target_time='{target}'",
+        "-e",
+        "postgresql_restore_confirm=yes",
+        "-e",
+        f"postgresql_restore_target_time='{target}'",
     )
     assert code == 0, output[-5000:]
     for key, payment in STATE["payments"].items():
@@ -214,8 +252,12 @@ def test_drill3_point_in_time_recovery_after_a_mistaken_drop(merchant):
     for call in after_target:
         assert merchant.get(session, f"/v1/payments/{call.payment}").status_code == 404, call.key
     assert_reconciles()
-    wait_until(lambda: sorted(m["role"] for m in member_names().values()) == ["leader", "sync_standby"],
-               300, 2, "both members back after the restore")
+    wait_until(
+        lambda: sorted(m["role"] for m in member_names().values()) == ["leader", "sync_standby"],
+        300,
+        2,
+        "both members back after the restore",
+    )
     record(
         "drill3_pitr",
         {
@@ -253,7 +295,9 @@ def test_drill4_every_database_host_lost_and_rebuilt_from_object_storage(merchan
     assert writes_again.status == 201
     rebuilt = time.monotonic() - lost_at
 
-    present = [c for c in calls if merchant.get(session, f"/v1/payments/{c.payment}").status_code == 200]
+    present = [
+        c for c in calls if merchant.get(session, f"/v1/payments/{c.payment}").status_code == 200
+    ]
     lost = [c for c in calls if c not in present]
     window = round(lost_at - min(c.ended for c in lost), 1) if lost else 0.0
     record(
@@ -277,8 +321,12 @@ def test_drill4_every_database_host_lost_and_rebuilt_from_object_storage(merchan
     for call in lost:
         merchant.settle(session, call)
     assert_reconciles()
-    wait_until(lambda: sorted(m["role"] for m in member_names().values()) == ["leader", "sync_standby"],
-               300, 2, "two members after the rebuild")
+    wait_until(
+        lambda: sorted(m["role"] for m in member_names().values()) == ["leader", "sync_standby"],
+        300,
+        2,
+        "two members after the rebuild",
+    )
 
 
 def test_the_restore_check_restores_from_the_object_store():
@@ -295,7 +343,9 @@ def test_the_restore_check_restores_from_the_object_store():
         leader(), "journalctl -u paycore-postgresql-restore-check --no-pager -o cat | tail -n 20"
     ).stdout
     assert '"ok": true' in journal, journal
-    record("restore_check", {"backup_and_restore_check_seconds": round(time.monotonic() - started, 1)})
+    record(
+        "restore_check", {"backup_and_restore_check_seconds": round(time.monotonic() - started, 1)}
+    )
 
 
 def test_no_secret_in_any_ansible_output():
