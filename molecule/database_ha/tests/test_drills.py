@@ -78,7 +78,8 @@ def test_cluster_is_highly_available():
     roles = sorted(m["role"] for m in members.values())
     assert roles == ["leader", "sync_standby"], members
     health = dexec(
-        GATEWAY, "ETCDCTL_API=3 etcdctl --endpoints http://10.44.0.1:2379 endpoint health --cluster"
+        GATEWAY,
+        "ETCDCTL_API=3 etcdctl --endpoints http://10.44.0.1:2379 endpoint health --cluster 2>&1",
     )
     assert health.stdout.count("is healthy") == 3, health.stdout + health.stderr
     info = json.loads(
