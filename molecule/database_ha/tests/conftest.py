@@ -188,6 +188,9 @@ class Merchant:
 
     def session(self):
         session = requests.Session()
+        # Only the edge's certificate, and no proxy: a CA bundle or proxy from
+        # the environment would otherwise take precedence.
+        session.trust_env = False
         session.mount("https://", _EdgeAdapter(self.server_name))
         session.verify = self.ca_file
         session.headers.update(
