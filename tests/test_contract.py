@@ -134,10 +134,13 @@ def postgresql_conf(site: Site, host: str) -> dict[str, str]:
 
 def check_agreement(site: Site, ledger_port: int):
     (gateway,) = site.group("gateway")
-    (database,) = site.group("database")
+    databases = site.group("database")
+    database = databases[0]
     monitors = site.group("monitoring")
     ledgers = site.group("ledger")
     addresses = {host: wireguard_address(site, host) for host in ledgers}
+    ha = len(databases) > 1
+    assert site.value("postgresql", database, "postgresql_ha") is ha
 
     # The ledger service listens where the edge, Prometheus and the firewall look.
     for host in ledgers:
@@ -151,15 +154,28 @@ def check_agreement(site: Site, ledger_port: int):
     for monitor in monitors:
         assert scrape_targets(site, monitor, "ledger") == expected
 
-    # Every ledger host reaches the database by its port, name and roles.
+    # Every ledger host reaches the database by its port, name and roles:
+    # directly, or (HA) through its own HAProxy, which knows every database host.
     conf = postgresql_conf(site, database)
     for host in ledgers:
-        assert site.value("ledger_service", host, "ledger_service_database_port") == int(
-            conf["port"]
-        )
-        remote = host != database
+        port = site.value("ledger_service", host, "ledger_service_database_port")
         db_host = site.value("ledger_service", host, "ledger_service_database_host")
-        assert db_host == (wireguard_address(site, database) if remote else "127.0.0.1")
+        if ha:
+            proxy = site.render("database_proxy", host, "haproxy.cfg.j2")
+            assert re.search(rf"bind 127\.0\.0\.1:{port}$", proxy, re.M), proxy
+            assert db_host == "127.0.0.1"
+            servers = re.findall(r"server (\S+) (\S+):(\d+) check port (\d+)", proxy)
+            assert {(name, address) for name, address, _, _ in servers} == {
+                (d, wireguard_address(site, d)) for d in databases
+            }
+            patroni_port = site.value("postgresql", database, "postgresql_patroni_rest_port")
+            assert {(int(p), int(c)) for _, _, p, c in servers} == {
+                (int(conf["port"]), patroni_port)
+            }
+        else:
+            assert port == int(conf["port"])
+            remote = host != database
+            assert db_host == (wireguard_address(site, database) if remote else "127.0.0.1")
         for ledger_var, pg_var in [
             ("ledger_service_database_name", "postgresql_database"),
             ("ledger_service_app_user", "postgresql_app_role"),
@@ -169,12 +185,28 @@ def check_agreement(site: Site, ledger_port: int):
                 "postgresql", database, pg_var
             )
     remote_clients = site.value("postgresql", database, "postgresql_remote_clients")
-    assert set(remote_clients) == {a for h, a in addresses.items() if h != database}
+    assert set(remote_clients) == {a for h, a in addresses.items() if ha or h != database}
     database_rules = [r for r in tunnel_rules(site, database) if f"dport {conf['port']} " in r]
-    sources = ", ".join(addresses.values())
+    by_group = {
+        group: ", ".join(wireguard_address(site, h) for h in site.group(group))
+        for group in ("ledger", "database")
+    }
     assert database_rules == [
-        f'iifname "wg0" ip saddr {{ {sources} }} tcp dport {conf["port"]} accept'
+        f'iifname "wg0" ip saddr {{ {by_group[group]} }} tcp dport {conf["port"]} accept'
+        for group in ("ledger", "database")
     ]
+    if ha:
+        # Patroni finds every etcd member; etcd's members are the etcd group.
+        etcd_hosts = site.group("etcd")
+        client_port = site.value("etcd", etcd_hosts[0], "etcd_client_port")
+        assert set(site.value("postgresql", database, "postgresql_patroni_etcd_hosts")) == {
+            f"{wireguard_address(site, h)}:{client_port}" for h in etcd_hosts
+        }
+        assert site.value("etcd", etcd_hosts[0], "etcd_members") == {
+            h: wireguard_address(site, h) for h in etcd_hosts
+        }
+        for host in etcd_hosts:
+            assert any(f"dport {client_port} accept" in r for r in tunnel_rules(site, host))
 
     # The connection budget: every ledger host's pools fit in max_connections.
     budget = 0
@@ -248,6 +280,12 @@ def test_owner_roles_default_to_the_contract():
         "alertmanager_port": "alertmanager_port",
         "grafana_port": "grafana_http_port",
         "textfile_dir": "node_exporter_textfile_directory",
+        "database_synchronous": "postgresql_synchronous",
+        "patroni_port": "postgresql_patroni_rest_port",
+        "etcd_client_port": "etcd_client_port",
+        "etcd_peer_port": "etcd_peer_port",
+        "database_proxy_port": "database_proxy_port",
+        "backup_bucket": "postgresql_pgbackrest_s3_bucket",
     }
     values = {k[len("_paycore_") :]: v for k, v in contract.items() if k.startswith("_paycore_")}
     for name, expression in values.items():

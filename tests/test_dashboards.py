@@ -311,6 +311,7 @@ def test_metric_name_extraction():
 CHECKED_BY_MOLECULE = {
     "node_": "molecule/node_exporter (test_serves_the_families_rules_and_dashboards_use)",
     "pg_": "molecule/postgres_exporter (test_serves_every_pg_family_the_dashboards_use)",
+    "patroni_": "molecule/database_ha (test_patroni_serves_the_families_the_dashboards_use)",
 }
 
 
