@@ -62,9 +62,18 @@ class Site:
         playbook = Playbook.load(str(SITE), variable_manager=self.variables, loader=self.loader)
         self.plays = playbook.get_plays()
 
+    def play_hosts(self, play) -> list[str]:
+        """The hosts of a play, its pattern templated as Ansible does (with the
+        command line's variables: paycore_gateway_group)."""
+        variables = self.variables.get_vars(play=play)
+        pattern = Templar(loader=self.loader, variables=variables).template(
+            trust_as_template(play.hosts) if isinstance(play.hosts, str) else play.hosts
+        )
+        return [h.name for h in self.inventory.get_hosts(pattern)]
+
     def templar(self, role: str, host: str) -> Templar:
         for play in self.plays:
-            play_hosts = [h.name for h in self.inventory.get_hosts(play.hosts)]
+            play_hosts = self.play_hosts(play)
             if role in {r.get_name() for r in play.get_roles()} and host in play_hosts:
                 variables = self.variables.get_vars(play=play, host=self.inventory.get_host(host))
                 variables["ansible_managed"] = "rendered by tests/test_contract.py"
@@ -140,10 +149,12 @@ def check_agreement(site: Site, ledger_port: int):
     addresses = {host: wireguard_address(site, host) for host in ledgers}
 
     # The ledger service listens where the edge, Prometheus and the firewall look.
+    # Through the tunnel, only from the gateway (the edge) and the monitoring hosts.
+    callers = ", ".join(wireguard_address(site, h) for h in [gateway, *monitors])
     for host in ledgers:
         assert env_file(site, host)["PAYCORE_PORT"] == str(ledger_port)
         assert (
-            f'iifname "wg0" ip saddr 10.44.0.0/24 tcp dport {ledger_port} accept'
+            f'iifname "wg0" ip saddr {{ {callers} }} tcp dport {ledger_port} accept'
             in tunnel_rules(site, host)
         )
     expected = {f"{address}:{ledger_port}" for address in addresses.values()}
@@ -193,6 +204,43 @@ def check_agreement(site: Site, ledger_port: int):
 
 def test_the_roles_agree(sources):
     check_agreement(Site(sources), ledger_port=8080)
+
+
+def admin_rules(site: Site, host: str) -> list[str]:
+    ruleset = site.render("firewall", host, "nftables.conf.j2")
+    return [line.strip() for line in ruleset.splitlines() if "saddr" in line and "wg0" not in line]
+
+
+def test_the_tunnel_trusts_least(sources):
+    """The gateway (the one public host) reaches the ledger port and nothing
+    else through the tunnel; every exporter, Prometheus, Alertmanager, Grafana
+    and the gateway's Watchdog receiver admit the monitoring hosts' tunnel
+    addresses (and the admin networks), never the whole tunnel network."""
+    site = Site(sources)
+    (gateway,) = site.group("gateway")
+    monitors = {wireguard_address(site, h) for h in site.group("monitoring")}
+    gateway_address = wireguard_address(site, gateway)
+    ledger_port = site.value("ledger_service", site.group("ledger")[0], "ledger_service_port")
+    database_port = site.value("postgresql", site.group("database")[0], "postgresql_port")
+    for host in site.group("gateway") + site.group("homelab"):
+        rules = [rule for rule in tunnel_rules(site, host) if "oifname" not in rule]
+        assert rules, host
+        for rule in rules:
+            assert "10.44.0.0/24" not in rule, (host, rule)
+            sources = set(re.search(r"saddr \{ (.*?) \}", rule).group(1).split(", "))
+            port = int(re.search(r"dport (\d+) ", rule).group(1))
+            if port == ledger_port:
+                assert sources == {gateway_address} | monitors, rule
+            elif port == database_port:
+                assert sources == {wireguard_address(site, h) for h in site.group("ledger")}, rule
+            else:
+                assert sources == monitors, (host, rule)
+        # Admin networks reach the metrics and UIs (not the ledger, not the database).
+        admins = site.value("firewall", host, "firewall_admin_cidrs")
+        for rule in admin_rules(site, host):
+            port = int(re.search(r"dport (\d+) ", rule).group(1))
+            assert port not in (ledger_port, database_port), rule
+            assert any(cidr in rule for cidr in admins), rule
 
 
 def test_one_change_moves_every_consumer(sources):
@@ -248,6 +296,13 @@ def test_owner_roles_default_to_the_contract():
         "alertmanager_port": "alertmanager_port",
         "grafana_port": "grafana_http_port",
         "textfile_dir": "node_exporter_textfile_directory",
+        "http_port": "edge_http_port",
+        "edge_status_port": "edge_status_port",
+        "blackbox_exporter_port": "blackbox_exporter_port",
+        "nginx_exporter_port": "nginx_exporter_port",
+        "mtail_port": "nginx_exporter_mtail_port",
+        "watchdog_receiver_port": "watchdog_receiver_port",
+        "gateway_group": "wireguard_gateway_group",
     }
     values = {k[len("_paycore_") :]: v for k, v in contract.items() if k.startswith("_paycore_")}
     for name, expression in values.items():
