@@ -88,7 +88,8 @@ def test_sshd_algorithms_are_modern_and_win_over_drop_ins(host):
         "hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com,umac-128-etm@openssh.com"
     )
     kex = settings["kexalgorithms"].split(",")
-    assert kex[0] == "sntrup761x25519-sha512@openssh.com" and "diffie-hellman-group14-sha1" not in kex
+    assert kex[0] == "sntrup761x25519-sha512@openssh.com"
+    assert "diffie-hellman-group14-sha1" not in kex
     assert settings["passwordauthentication"] == "no"
     assert settings["permitrootlogin"] == "without-password"
     # A client offering only what the drop-in wanted is refused.
