@@ -127,3 +127,7 @@ def task_output(output, name):
 
 def recap(output, host):
     return re.search(rf"^{host}\s+: (.*)$", output, re.MULTILINE).group(1)
+
+
+# Drill figures (seconds), printed at the end of the run by conftest.py.
+FIGURES: dict[str, float] = {}
