@@ -131,3 +131,13 @@ def recap(output, host):
 
 # Drill figures (seconds), printed at the end of the run by conftest.py.
 FIGURES: dict[str, float] = {}
+
+
+def http_get(host, url):
+    """GET on a host that has no curl (python3 only): the body, or None."""
+    script = (
+        "import sys, urllib.request; "
+        "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    )
+    run = host.run(f"python3 -c '{script}' {url}")
+    return run.stdout if run.rc == 0 else None

@@ -35,6 +35,7 @@ from network_helpers import (
     curl,
     docker,
     gateway,
+    http_get,
     latest_handshakes,
     outsider,
     peer,
@@ -579,7 +580,7 @@ def test_exposure_from_the_gateway():
         PEER2_WG: {"open": [8080], "closed": 0, "filtered": 65534},
     }
     # The monitoring host still scrapes both (Prometheus's own view).
-    targets = json.loads(peer.check_output("curl -fsS http://127.0.0.1:9090/api/v1/targets"))
+    targets = json.loads(http_get(peer, "http://127.0.0.1:9090/api/v1/targets"))
     health = {
         (t["labels"]["job"], t["labels"]["instance"]): t["health"]
         for t in targets["data"]["activeTargets"]

@@ -20,6 +20,7 @@ from network_helpers import (
     docker,
     gateway,
     gateway2,
+    http_get,
     latest_handshakes,
     outsider,
     peer,
@@ -183,7 +184,7 @@ def test_replacement_keeps_the_tunnel():
 
 
 def watchdog_heard(host):
-    metrics = host.run("curl -fsS http://127.0.0.1:9095/metrics").stdout
+    metrics = http_get(host, "http://127.0.0.1:9095/metrics") or ""
     return "\npaycore_watchdog_last_received_timestamp_seconds " in metrics
 
 
