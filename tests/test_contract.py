@@ -37,7 +37,7 @@ from ansible.vars.manager import VariableManager  # noqa: E402
 init_plugin_loader()
 
 # What the rendered templates read from earlier tasks' results on a host.
-TASK_RESULTS = {"_edge_ipv6": {"stat": {"exists": False}}}
+TASK_RESULTS = {"_edge_ipv6": {"stat": {"exists": False}}, "_wireguard_public_keys": {}}
 
 # The example inventory's gateway comes from the aws_ec2 plugin; a static
 # stand-in with the gateway group's own variables takes its place here.
@@ -339,3 +339,28 @@ def test_an_inventory_that_sets_a_derived_variable_is_refused(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "The inventory sets edge_upstreams" in " ".join(output.split()), output[-2000:]
+
+
+def test_a_replacement_is_configured_as_the_gateway(tmp_path):
+    """docs/aws.md, "Replacing the gateway": with the replacement in group
+    gateway_candidate and -e paycore_gateway_group=gateway_candidate, the
+    plays run the gateway's roles on it, with the gateway's services, and it
+    takes the certificate over from the gateway in service."""
+    hosts = yaml.safe_load((ROOT / "inventories" / "lab" / "hosts.yml").read_text())
+    hosts["all"]["children"]["gateway_candidate"] = {
+        "hosts": {"paycore-gateway2": {"wireguard_address": "10.44.0.1"}}
+    }
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    (tmp_path / "group_vars").symlink_to(ROOT / "inventories" / "lab" / "group_vars")
+    site = Site([str(tmp_path / "hosts.yml")], {"paycore_gateway_group": "gateway_candidate"})
+    new = "paycore-gateway2"
+    ruleset = site.render("firewall", new, "nftables.conf.j2")
+    for public in ("tcp dport 443 accept", "tcp dport 80 accept", "udp dport 51820 accept"):
+        assert public in ruleset
+    assert "chain forward" in ruleset and 'oifname "wg0"' in ruleset  # the hub forwards
+    config = site.render("wireguard", new, "wg.conf.j2")
+    assert "gateway mode" in config and "ListenPort = 51820" in config
+    assert site.value("edge", new, "edge_acme_copy_from") == "paycore-gateway"
+    # The gateway in service is not part of this run.
+    network_plays = [p for p in site.plays if "firewall" in {r.get_name() for r in p.get_roles()}]
+    assert "paycore-gateway" not in site.play_hosts(network_plays[0])
