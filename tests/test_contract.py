@@ -37,7 +37,7 @@ from ansible.vars.manager import VariableManager  # noqa: E402
 init_plugin_loader()
 
 # What the rendered templates read from earlier tasks' results on a host.
-TASK_RESULTS = {"_edge_ipv6": {"stat": {"exists": False}}}
+TASK_RESULTS = {"_edge_ipv6": {"stat": {"exists": False}}, "_wireguard_public_keys": {}}
 
 # The example inventory's gateway comes from the aws_ec2 plugin; a static
 # stand-in with the gateway group's own variables takes its place here.
@@ -62,9 +62,18 @@ class Site:
         playbook = Playbook.load(str(SITE), variable_manager=self.variables, loader=self.loader)
         self.plays = playbook.get_plays()
 
+    def play_hosts(self, play) -> list[str]:
+        """The hosts of a play, its pattern templated as Ansible does (with the
+        command line's variables: paycore_gateway_group)."""
+        variables = self.variables.get_vars(play=play)
+        pattern = Templar(loader=self.loader, variables=variables).template(
+            trust_as_template(play.hosts) if isinstance(play.hosts, str) else play.hosts
+        )
+        return [h.name for h in self.inventory.get_hosts(pattern)]
+
     def templar(self, role: str, host: str) -> Templar:
         for play in self.plays:
-            play_hosts = [h.name for h in self.inventory.get_hosts(play.hosts)]
+            play_hosts = self.play_hosts(play)
             if role in {r.get_name() for r in play.get_roles()} and host in play_hosts:
                 variables = self.variables.get_vars(play=play, host=self.inventory.get_host(host))
                 variables["ansible_managed"] = "rendered by tests/test_contract.py"
@@ -143,10 +152,12 @@ def check_agreement(site: Site, ledger_port: int):
     assert site.value("postgresql", database, "postgresql_ha") is ha
 
     # The ledger service listens where the edge, Prometheus and the firewall look.
+    # Through the tunnel, only from the gateway (the edge) and the monitoring hosts.
+    callers = ", ".join(wireguard_address(site, h) for h in [gateway, *monitors])
     for host in ledgers:
         assert env_file(site, host)["PAYCORE_PORT"] == str(ledger_port)
         assert (
-            f'iifname "wg0" ip saddr 10.44.0.0/24 tcp dport {ledger_port} accept'
+            f'iifname "wg0" ip saddr {{ {callers} }} tcp dport {ledger_port} accept'
             in tunnel_rules(site, host)
         )
     expected = {f"{address}:{ledger_port}" for address in addresses.values()}
@@ -227,6 +238,43 @@ def test_the_roles_agree(sources):
     check_agreement(Site(sources), ledger_port=8080)
 
 
+def admin_rules(site: Site, host: str) -> list[str]:
+    ruleset = site.render("firewall", host, "nftables.conf.j2")
+    return [line.strip() for line in ruleset.splitlines() if "saddr" in line and "wg0" not in line]
+
+
+def test_the_tunnel_trusts_least(sources):
+    """The gateway (the one public host) reaches the ledger port and nothing
+    else through the tunnel; every exporter, Prometheus, Alertmanager, Grafana
+    and the gateway's Watchdog receiver admit the monitoring hosts' tunnel
+    addresses (and the admin networks), never the whole tunnel network."""
+    site = Site(sources)
+    (gateway,) = site.group("gateway")
+    monitors = {wireguard_address(site, h) for h in site.group("monitoring")}
+    gateway_address = wireguard_address(site, gateway)
+    ledger_port = site.value("ledger_service", site.group("ledger")[0], "ledger_service_port")
+    database_port = site.value("postgresql", site.group("database")[0], "postgresql_port")
+    for host in site.group("gateway") + site.group("homelab"):
+        rules = [rule for rule in tunnel_rules(site, host) if "oifname" not in rule]
+        assert rules, host
+        for rule in rules:
+            assert "10.44.0.0/24" not in rule, (host, rule)
+            sources = set(re.search(r"saddr \{ (.*?) \}", rule).group(1).split(", "))
+            port = int(re.search(r"dport (\d+) ", rule).group(1))
+            if port == ledger_port:
+                assert sources == {gateway_address} | monitors, rule
+            elif port == database_port:
+                assert sources == {wireguard_address(site, h) for h in site.group("ledger")}, rule
+            else:
+                assert sources == monitors, (host, rule)
+        # Admin networks reach the metrics and UIs (not the ledger, not the database).
+        admins = site.value("firewall", host, "firewall_admin_cidrs")
+        for rule in admin_rules(site, host):
+            port = int(re.search(r"dport (\d+) ", rule).group(1))
+            assert port not in (ledger_port, database_port), rule
+            assert any(cidr in rule for cidr in admins), rule
+
+
 def test_one_change_moves_every_consumer(sources):
     site = Site(sources, extra_vars={"paycore_ledger_port": 9080, "paycore_ledger_workers": 3})
     check_agreement(site, ledger_port=9080)
@@ -286,12 +334,22 @@ def test_owner_roles_default_to_the_contract():
         "etcd_peer_port": "etcd_peer_port",
         "database_proxy_port": "database_proxy_port",
         "backup_bucket": "postgresql_pgbackrest_s3_bucket",
+        "http_port": "edge_http_port",
+        "edge_status_port": "edge_status_port",
+        "blackbox_exporter_port": "blackbox_exporter_port",
+        "nginx_exporter_port": "nginx_exporter_port",
+        "mtail_port": "nginx_exporter_mtail_port",
+        "watchdog_receiver_port": "watchdog_receiver_port",
+        "gateway_group": "wireguard_gateway_group",
+        "gateway_in_service": None,
     }
     values = {k[len("_paycore_") :]: v for k, v in contract.items() if k.startswith("_paycore_")}
     for name, expression in values.items():
+        if not isinstance(expression, str):
+            continue  # derived lists (the firewall's services), not a value
         match = re.fullmatch(r"\{\{ paycore_(\w+) \| default\((.+)\) \}\}", expression)
-        if match is None:
-            continue  # derived (addresses), not a value
+        if match is None or owner_of[name] is None:
+            continue  # derived (addresses, the gateway in service), not a value
         assert match.group(1) == name
         default = yaml.safe_load(match.group(2))
         assert defaults[owner_of[name]] == default, (name, owner_of[name])
@@ -320,3 +378,28 @@ def test_an_inventory_that_sets_a_derived_variable_is_refused(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "The inventory sets edge_upstreams" in " ".join(output.split()), output[-2000:]
+
+
+def test_a_replacement_is_configured_as_the_gateway(tmp_path):
+    """docs/aws.md, "Replacing the gateway": with the replacement in group
+    gateway_candidate and -e paycore_gateway_group=gateway_candidate, the
+    plays run the gateway's roles on it, with the gateway's services, and it
+    takes the certificate over from the gateway in service."""
+    hosts = yaml.safe_load((ROOT / "inventories" / "lab" / "hosts.yml").read_text())
+    hosts["all"]["children"]["gateway_candidate"] = {
+        "hosts": {"paycore-gateway2": {"wireguard_address": "10.44.0.1"}}
+    }
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    (tmp_path / "group_vars").symlink_to(ROOT / "inventories" / "lab" / "group_vars")
+    site = Site([str(tmp_path / "hosts.yml")], {"paycore_gateway_group": "gateway_candidate"})
+    new = "paycore-gateway2"
+    ruleset = site.render("firewall", new, "nftables.conf.j2")
+    for public in ("tcp dport 443 accept", "tcp dport 80 accept", "udp dport 51820 accept"):
+        assert public in ruleset
+    assert "chain forward" in ruleset and 'oifname "wg0"' in ruleset  # the hub forwards
+    config = site.render("wireguard", new, "wg.conf.j2")
+    assert "gateway mode" in config and "ListenPort = 51820" in config
+    assert site.value("edge", new, "edge_acme_copy_from") == "paycore-gateway"
+    # The gateway in service is not part of this run.
+    network_plays = [p for p in site.plays if "firewall" in {r.get_name() for r in p.get_roles()}]
+    assert "paycore-gateway" not in site.play_hosts(network_plays[0])

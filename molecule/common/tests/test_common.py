@@ -65,3 +65,36 @@ def test_sshd_running_and_listening(host):
     assert host.service("ssh").is_running
     assert host.service("ssh").is_enabled
     assert host.socket("tcp://0.0.0.0:22").is_listening
+
+
+def test_sshd_socket_activation_turned_off(host):
+    """prepare.yml started sshd from ssh.socket (Ubuntu 24.04's way); the role
+    runs ssh.service instead, which reads Port and ListenAddress itself."""
+    assert host.run("systemctl is-enabled ssh.socket").stdout.strip() == "disabled"
+    assert host.run("systemctl is-active ssh.socket").stdout.strip() == "inactive"
+
+
+def test_sshd_algorithms_are_modern_and_win_over_drop_ins(host):
+    """prepare.yml left a drop-in that weakens sshd (as cloud images do); the
+    role's settings come first, and sshd keeps the first value it reads."""
+    assert "aes128-cbc" in host.file("/etc/ssh/sshd_config.d/50-cloud-init.conf").content_string
+    effective = host.check_output("/usr/sbin/sshd -T")
+    settings = dict(line.split(" ", 1) for line in effective.splitlines() if " " in line)
+    assert settings["ciphers"] == (
+        "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com,"
+        "aes256-ctr,aes192-ctr,aes128-ctr"
+    )
+    assert settings["macs"] == (
+        "hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com,umac-128-etm@openssh.com"
+    )
+    kex = settings["kexalgorithms"].split(",")
+    assert kex[0] == "sntrup761x25519-sha512@openssh.com"
+    assert "diffie-hellman-group14-sha1" not in kex
+    assert settings["passwordauthentication"] == "no"
+    assert settings["permitrootlogin"] == "without-password"
+    # A client offering only what the drop-in wanted is refused.
+    weak = host.run(
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o Ciphers=aes128-cbc "
+        "-p 22 root@127.0.0.1 true"
+    )
+    assert weak.rc != 0 and "no matching cipher" in weak.stderr, weak.stderr

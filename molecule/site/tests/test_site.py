@@ -254,8 +254,9 @@ PORT_SCAN = (Path(__file__).parents[2] / "shared/tcp_syn_scan.py").read_text()
 
 
 def test_exposure_from_the_internet(merchant, gateway, ledger_hosts):
-    """Every TCP port of every lab host, from the merchant: only 443 on the
-    gateway answers; every other port is dropped (filtered), none even refused."""
+    """Every TCP port of every lab host, from the merchant: only 443 (and 80,
+    ACME's http-01 challenges) on the gateway answer; every other port is
+    dropped (filtered), none even refused."""
     addresses = {
         host: host.ansible.get_variables()["lab_ipv4"] for host in (gateway, *ledger_hosts)
     }
@@ -269,7 +270,7 @@ def test_exposure_from_the_internet(merchant, gateway, ledger_hosts):
     expected = {
         address: {"open": [], "closed": 0, "filtered": 65535} for address in addresses.values()
     }
-    expected[addresses[gateway]] = {"open": [443], "closed": 0, "filtered": 65534}
+    expected[addresses[gateway]] = {"open": [80, 443], "closed": 0, "filtered": 65533}
     assert found == expected
 
 
