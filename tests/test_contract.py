@@ -253,20 +253,39 @@ def test_the_tunnel_trusts_least(sources):
     monitors = {wireguard_address(site, h) for h in site.group("monitoring")}
     gateway_address = wireguard_address(site, gateway)
     ledger_port = site.value("ledger_service", site.group("ledger")[0], "ledger_service_port")
-    database_port = site.value("postgresql", site.group("database")[0], "postgresql_port")
+    database = site.group("database")[0]
+    database_port = site.value("postgresql", database, "postgresql_port")
+
+    def addresses(*groups: str) -> set[str]:
+        return {wireguard_address(site, h) for g in groups for h in site.group(g)}
+
+    # Ports that are not the monitoring hosts' alone: who else may call them.
+    callers = {
+        ledger_port: {gateway_address} | monitors,
+        database_port: addresses("ledger", "database")
+        if len(site.group("database")) > 1
+        else addresses("ledger"),
+    }
+    if len(site.group("database")) > 1:
+        # Patroni's REST API: the members, the ledger hosts' HAProxy checks
+        # and Prometheus; etcd: its members, and Prometheus on the client port.
+        callers[site.value("postgresql", database, "postgresql_patroni_rest_port")] = addresses(
+            "database", "ledger", "monitoring"
+        )
+        etcd = site.group("etcd")[0]
+        callers[site.value("etcd", etcd, "etcd_client_port")] = addresses("etcd", "monitoring")
+        callers[site.value("etcd", etcd, "etcd_peer_port")] = addresses("etcd")
     for host in site.group("gateway") + site.group("homelab"):
         rules = [rule for rule in tunnel_rules(site, host) if "oifname" not in rule]
         assert rules, host
+        admitted: dict[int, set[str]] = {}
         for rule in rules:
             assert "10.44.0.0/24" not in rule, (host, rule)
             sources = set(re.search(r"saddr \{ (.*?) \}", rule).group(1).split(", "))
             port = int(re.search(r"dport (\d+) ", rule).group(1))
-            if port == ledger_port:
-                assert sources == {gateway_address} | monitors, rule
-            elif port == database_port:
-                assert sources == {wireguard_address(site, h) for h in site.group("ledger")}, rule
-            else:
-                assert sources == monitors, (host, rule)
+            admitted.setdefault(port, set()).update(sources)
+        for port, sources in admitted.items():
+            assert sources == callers.get(port, monitors), (host, port, rules)
         # Admin networks reach the metrics and UIs (not the ledger, not the database).
         admins = site.value("firewall", host, "firewall_admin_cidrs")
         for rule in admin_rules(site, host):

@@ -8,7 +8,8 @@ The stages are the documented command sequence:
 
     ansible-playbook -i $INV playbooks/aws-replace-gateway.yml -e aws_edge_replace_phase=launch
     ansible-inventory -i $INV --graph gateway_candidate
-    ansible-playbook -i $INV playbooks/site.yml -e paycore_gateway_group=gateway_candidate --limit gateway_candidate
+    ansible-playbook -i $INV playbooks/site.yml -e paycore_gateway_group=gateway_candidate \
+        --limit gateway_candidate
     ansible-playbook -i $INV playbooks/aws-replace-gateway.yml -e aws_edge_replace_phase=cutover
 
 Configuring the candidate over SSH (the site.yml step) cannot run against
