@@ -138,7 +138,7 @@ if [[ -z ${PAYCORE_SKIP_MOLECULE:-} ]]; then
     # A scenario with a SKIP file is left out of the default run, and says why.
     if [[ -z ${PAYCORE_SCENARIOS:-} ]]; then
         # The longest scenarios start first, so the short ones fill in beside them.
-        longest_first="site postgresql ledger_service alerting network"
+        longest_first="database_ha site network postgresql ledger_service alerting"
         others=$(find molecule -mindepth 2 -maxdepth 2 -name molecule.yml -printf '%h\n' \
             | xargs -n1 basename | sort | grep -vxF -f <(tr ' ' '\n' <<< "$longest_first"))
         scenarios=
