@@ -4,7 +4,7 @@ import json
 import time
 
 WG = "10.44.0.20"
-RULE_FILES = ["ledger", "slo", "hosts", "postgres", "wireguard", "jobs", "prometheus"]
+RULE_FILES = ["ledger", "slo", "hosts", "postgres", "wireguard", "jobs", "prometheus", "edge"]
 
 
 def fetch(host, url):

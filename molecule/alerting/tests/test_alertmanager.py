@@ -36,10 +36,16 @@ def test_alertmanager_listens_on_wireguard_and_localhost_without_cluster(host):
     assert status["cluster"]["status"] == "disabled"
 
 
-def test_every_receiver_delivers_somewhere(host):
+def test_receivers_and_where_they_deliver(host):
     config = yaml.safe_load(host.file("/etc/prometheus/alertmanager.yml").content_string)
     receivers = {r["name"]: set(r) - {"name"} for r in config["receivers"]}
-    assert receivers == {"pager": {"webhook_configs"}, "ticket": {"webhook_configs"}}
+    # The Watchdog goes to its own receiver only: the dead man's switch on the
+    # gateway where there is one; none here, so it goes nowhere (never to the pager).
+    assert receivers == {
+        "pager": {"webhook_configs"},
+        "ticket": {"webhook_configs"},
+        "watchdog": set(),
+    }
 
 
 def test_config_file_not_world_readable(host):
