@@ -55,7 +55,7 @@ def test_money_posts_require_idempotency_key_and_auth():
         if method == "post" and path != "/v1/accounts":
             names = {p["name"] for p in op["parameters"]}
             assert "Idempotency-Key" in names, path
-            assert {"201", "400", "401", "409", "413", "422", "503"} <= set(op["responses"])
+            assert {"201", "400", "401", "409", "413", "415", "422", "503"} <= set(op["responses"])
         if path.startswith("/v1/"):
             assert op.get("security", doc["security"]) == [{"bearer": []}]
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
-from .validation import MAX_AMOUNT, MAX_DESCRIPTION, MAX_METADATA_KEYS, MAX_METADATA_VALUE
+from .validation import (
+    MAX_AMOUNT,
+    MAX_DESCRIPTION,
+    MAX_JSON_DEPTH,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE,
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -37,10 +43,15 @@ _AUTH_ERRORS = {
 }
 _BODY_ERRORS = {
     "400": _problem(
-        "Malformed JSON (`malformed_json`), Idempotency-Key problem, or a value the"
-        " ledger cannot store (`invalid_input`)"
+        "Malformed JSON (`malformed_json`), objects or arrays nested more than"
+        f" {MAX_JSON_DEPTH} levels deep (`json_too_deep`), Idempotency-Key problem,"
+        " or a value the ledger cannot store (`invalid_input`)"
     ),
     "413": _problem("Body over 1 MiB (`payload_too_large`)"),
+    "415": _problem(
+        "The body is not declared as `application/json` (UTF-8), or has no"
+        " Content-Type (`unsupported_media_type`)"
+    ),
     "422": _problem(
         "Invalid field (`validation_error`, names the field; also strings holding NUL or"
         " lone surrogates) or business refusal"
