@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
+from .currencies import MAX_AMOUNT_ANY_CURRENCY, MAX_MAJOR_UNITS
 from .validation import (
-    MAX_AMOUNT,
     MAX_DESCRIPTION,
     MAX_JSON_DEPTH,
     MAX_METADATA_KEYS,
@@ -74,7 +74,14 @@ _REPLAYED_HEADER = {
         "schema": {"type": "string", "enum": ["true"]},
     }
 }
-_AMOUNT = {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT}
+_AMOUNT = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": MAX_AMOUNT_ANY_CURRENCY,
+    "description": "Minor units of the currency (ISO 4217 exponent), at most"
+    f" {MAX_MAJOR_UNITS} major units: 10^12 for a two-decimal currency (USD),"
+    " 10^10 for one without decimals (JPY), 10^13 for a three-decimal one (KWD)",
+}
 _CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["NGN"]}
 _TIMESTAMP = {"type": "string", "format": "date-time"}
 

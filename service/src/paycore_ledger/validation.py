@@ -9,10 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
+from .currencies import MAX_AMOUNT_ANY_CURRENCY, max_amount
 from .problems import Problem, field_error
 
 MAX_BODY_BYTES = 1024 * 1024
-MAX_AMOUNT = 10**12  # 10 billion major units of any currency: far above any real payment
 MAX_DESCRIPTION = 1000
 MAX_METADATA_KEYS = 50
 MAX_METADATA_KEY = 40
@@ -140,29 +140,47 @@ def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
             raise field_error(name, "unknown field")
 
 
-def amount(body: dict[str, Any]) -> int:
+def amount(body: dict[str, Any], currency: str | None = None) -> int:
+    """The amount in minor units, 1 to the currency's limit (currencies.max_amount;
+    with no currency, the largest of any currency)."""
     if "amount" not in body:
         raise field_error("amount", "is required")
     value = body["amount"]
     if isinstance(value, bool) or not isinstance(value, int):
         raise field_error("amount", "must be an integer count of minor units")
-    if not 0 < value <= MAX_AMOUNT:
-        raise field_error("amount", f"must be between 1 and {MAX_AMOUNT}")
+    maximum = max_amount(currency) if currency else MAX_AMOUNT_ANY_CURRENCY
+    if not 0 < value <= maximum:
+        unit = f" {currency} minor units" if currency else ""
+        raise field_error("amount", f"must be between 1 and {maximum}{unit}")
     return value
 
 
-def currency(body: dict[str, Any], supported: tuple[str, ...]) -> str:
+def currency_code(body: dict[str, Any]) -> str:
+    """The body's `currency`, an upper-case ISO 4217 code (accepted or not)."""
     if "currency" not in body:
         raise field_error("currency", "is required")
     value = body["currency"]
     if not isinstance(value, str) or not CURRENCY_RE.match(value):
         raise field_error("currency", "must be an upper-case ISO 4217 code")
-    if value not in supported:
-        raise field_error(
-            "currency",
-            f"is not supported (supported: {', '.join(supported)})",
-            code="currency_not_supported",
-        )
+    return value
+
+
+def unsupported_currency(value: str, supported: tuple[str, ...]) -> Problem | None:
+    """The refusal of a currency the settings do not accept, or None."""
+    if value in supported:
+        return None
+    return field_error(
+        "currency",
+        f"is not supported (supported: {', '.join(supported)})",
+        code="currency_not_supported",
+    )
+
+
+def currency(body: dict[str, Any], supported: tuple[str, ...]) -> str:
+    value = currency_code(body)
+    refusal = unsupported_currency(value, supported)
+    if refusal is not None:
+        raise refusal
     return value
 
 

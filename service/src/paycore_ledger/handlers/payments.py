@@ -33,8 +33,8 @@ async def create_payment(request: web.Request) -> web.Response:
         key = validation.idempotency_key(request)
         body = await validation.read_json(request)
         validation.reject_unknown(body, {"amount", "currency", "description", "metadata"})
-        amount = validation.amount(body)
         currency = validation.currency(body, settings.currencies)
+        amount = validation.amount(body, currency)
         description = validation.description(body)
         metadata = validation.metadata(body)
     req = payment_call.payment_request(

@@ -35,8 +35,8 @@ async def _payout_fields(request: web.Request) -> dict[str, Any]:
     key = validation.idempotency_key(request)
     body = await validation.read_json(request)
     validation.reject_unknown(body, {"amount", "currency"})
-    amount = validation.amount(body)
     currency = validation.currency(body, request.app[SETTINGS_KEY].currencies)
+    amount = validation.amount(body, currency)
     return {"key": key, "body": body, "amount": amount, "currency": currency}
 
 
