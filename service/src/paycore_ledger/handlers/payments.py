@@ -18,6 +18,7 @@ from .common import (
     json_response,
     path_id,
     refusals_after_authentication,
+    replay_or_refuse,
     respond,
 )
 
@@ -33,10 +34,15 @@ async def create_payment(request: web.Request) -> web.Response:
         key = validation.idempotency_key(request)
         body = await validation.read_json(request)
         validation.reject_unknown(body, {"amount", "currency", "description", "metadata"})
-        currency = validation.currency(body, settings.currencies)
+        currency = validation.currency_code(body)
         amount = validation.amount(body, currency)
         description = validation.description(body)
         metadata = validation.metadata(body)
+    refusal = validation.unsupported_currency(currency, settings.currencies)
+    if refusal is not None:
+        # After the Idempotency-Key: a payment taken while its currency was
+        # accepted still replays once the settings drop that currency.
+        return await replay_or_refuse(request, token, key, body, refusal)
     req = payment_call.payment_request(
         token=token,
         key=key,
