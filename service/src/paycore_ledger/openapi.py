@@ -6,6 +6,7 @@ from typing import Any
 
 from . import __version__
 from .currencies import MAX_AMOUNT_ANY_CURRENCY, MAX_MAJOR_UNITS
+from .listing import MAX_UNIX_SECONDS, PAYMENTS, PAYOUTS, REFUNDS
 from .validation import (
     MAX_DESCRIPTION,
     MAX_JSON_DEPTH,
@@ -261,6 +262,49 @@ def _money_post(summary: str, body: str, result: str, extra: dict | None = None)
     return op
 
 
+def _list(summary: str, item: str, statuses: tuple[str, ...], extra: dict | None = None) -> dict:
+    """A list operation of listing.py: newest first, cursor pages, filters."""
+
+    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "schema": schema, "description": description}
+
+    unix_time = {"type": "integer", "minimum": 0, "maximum": MAX_UNIX_SECONDS}
+    object_id = {"type": "string"}
+    op = {
+        "summary": summary,
+        "parameters": [
+            query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Default 20"),
+            query("starting_after", object_id, f"A {item} id: the page of older ones after it"),
+            query("ending_before", object_id, f"A {item} id: the page of newer ones before it"),
+            query("created[gte]", unix_time, "Created at or after (Unix seconds)"),
+            query("created[lt]", unix_time, "Created before (Unix seconds)"),
+            query("status", {"enum": list(statuses)}, "Only this status"),
+        ],
+        "responses": {
+            "200": _json(
+                f"{item.capitalize()}s, newest first",
+                {
+                    "type": "object",
+                    "required": ["data", "has_more"],
+                    "properties": {
+                        "data": {"type": "array", "items": _ref(item.capitalize())},
+                        "has_more": {"type": "boolean"},
+                    },
+                },
+            ),
+            "422": _problem(
+                "Invalid parameter (`validation_error`, names it): a cursor that is not"
+                " one of these objects, both cursors, an unknown status, a bad time"
+            ),
+            **_AUTH_ERRORS,
+        },
+    }
+    if extra:
+        op["parameters"].insert(0, _ID)
+        op["responses"].update(extra)
+    return op
+
+
 def document() -> dict[str, Any]:
     not_found = {
         "404": _problem("Unknown id, another merchant's, or no valid id at all (`not_found`)")
@@ -352,7 +396,8 @@ def document() -> dict[str, Any]:
             "/v1/payments": {
                 "post": _money_post(
                     "Take a payment into the merchant's account", "PaymentCreate", "Payment"
-                )
+                ),
+                "get": _list("The merchant's payments", "payment", PAYMENTS.statuses),
             },
             "/v1/payments/{id}": {
                 "get": {
@@ -371,7 +416,11 @@ def document() -> dict[str, Any]:
                         "Refund part or all of a payment", "RefundCreate", "Refund", not_found
                     ),
                     "parameters": [_ID, _IDEMPOTENCY_KEY],
-                }
+                },
+                "get": _list("The payment's refunds", "refund", REFUNDS.statuses, not_found),
+            },
+            "/v1/refunds": {
+                "get": _list("The merchant's refunds", "refund", REFUNDS.statuses),
             },
             "/v1/refunds/{id}": {
                 "get": {
@@ -387,7 +436,8 @@ def document() -> dict[str, Any]:
             "/v1/payouts": {
                 "post": _money_post(
                     "Move money out of the merchant's account", "PayoutCreate", "Payout"
-                )
+                ),
+                "get": _list("The merchant's payouts", "payout", PAYOUTS.statuses),
             },
             "/v1/payouts/{id}": {
                 "get": {

@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from .. import ledger, validation
+from .. import ledger, listing, validation
 from ..app_keys import DEBIT_BATCHER_KEY, SETTINGS_KEY
 from ..problems import Problem
 from .common import (
@@ -70,3 +70,9 @@ async def get_payout(request: web.Request, conn: asyncpg.Connection, merchant_id
     if row is None:
         raise Problem(404, "not_found", "no such payout")
     return json_response(200, ledger.payout_view(row))
+
+
+@authenticated
+async def list_payouts(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
+    page = await listing.page(conn, listing.PAYOUTS, request, {"merchant_id": merchant_id})
+    return json_response(200, page)
