@@ -19,6 +19,10 @@ CONTRACT = {
     ("get", "/v1/accounts/{id}"),
     ("get", "/v1/accounts/{id}/entries"),
     ("post", "/v1/payments"),
+    ("get", "/v1/payments"),
+    ("get", "/v1/refunds"),
+    ("get", "/v1/payouts"),
+    ("get", "/v1/payments/{id}/refunds"),
     ("get", "/v1/payments/{id}"),
     ("post", "/v1/payments/{id}/refunds"),
     ("post", "/v1/payouts"),
@@ -55,7 +59,7 @@ def test_money_posts_require_idempotency_key_and_auth():
         if method == "post" and path != "/v1/accounts":
             names = {p["name"] for p in op["parameters"]}
             assert "Idempotency-Key" in names, path
-            assert {"201", "400", "401", "409", "413", "422", "503"} <= set(op["responses"])
+            assert {"201", "400", "401", "409", "413", "415", "422", "503"} <= set(op["responses"])
         if path.startswith("/v1/"):
             assert op.get("security", doc["security"]) == [{"bearer": []}]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
@@ -13,7 +14,15 @@ from . import ledger
 
 # Any constant works; it only has to be the same for every host running migrate.
 ADVISORY_LOCK_KEY = 0x5041_59C0_4E1E_D6E2 - (1 << 63)
+LOCK_POLL_SECONDS = 0.2
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# First line of a migration that must run outside a transaction (the online-safe
+# pattern: CREATE INDEX CONCURRENTLY, which a transaction block refuses).
+NO_TRANSACTION = "-- paycore: no transaction"
+_CONCURRENT_INDEX_RE = re.compile(
+    r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)",
+    re.IGNORECASE,
+)
 
 # Least privileges of the runtime role: no UPDATE/DELETE on the journal, no
 # UPDATE on accounts (balances change only through the entries trigger) and no
@@ -57,6 +66,20 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
+    @property
+    def transactional(self) -> bool:
+        return not self.sql.startswith(NO_TRANSACTION)
+
+    def statements(self) -> list[str]:
+        """A no-transaction migration's statements, one per `;` at a line end
+        (such a migration holds plain statements only, no function bodies)."""
+        lines = [line for line in self.sql.splitlines() if not line.lstrip().startswith("--")]
+        parts = re.split(r";\s*$", "\n".join(lines), flags=re.MULTILINE)
+        return [part.strip() for part in parts if part.strip()]
+
+    def concurrent_indexes(self) -> list[str]:
+        return _CONCURRENT_INDEX_RE.findall(self.sql)
+
 
 def available() -> list[Migration]:
     found = []
@@ -82,7 +105,7 @@ async def migrate(
     exists for each of `currencies` (the configured set) and each currency
     already in the ledger, so no posting can pick a shard that is missing.
     """
-    await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
+    await _take_lock(conn)
     try:
         await conn.execute(
             """
@@ -107,14 +130,13 @@ async def migrate(
                         " after it was applied"
                     )
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
+            if migration.transactional:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await _record(conn, migration)
+            else:
+                await _apply_without_transaction(conn, migration)
+                await _record(conn, migration)
             done.append(migration.version)
         await ensure_all_system_accounts(conn, currencies)
         if app_role:
@@ -122,6 +144,51 @@ async def migrate(
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
+
+
+async def _take_lock(conn: asyncpg.Connection) -> None:
+    """The migration lock, polled rather than waited for: a session blocked in
+    pg_advisory_lock holds a snapshot for the whole wait, and CREATE INDEX
+    CONCURRENTLY in the session holding the lock waits for every older
+    snapshot to go: a deadlock (PostgreSQL aborts one of the two). A
+    pg_try_advisory_lock statement ends at once, so it never holds one long."""
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_LOCK_KEY):
+        await asyncio.sleep(LOCK_POLL_SECONDS)
+
+
+async def _record(conn: asyncpg.Connection, migration: Migration) -> None:
+    await conn.execute(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+        migration.version,
+        migration.name,
+        migration.checksum,
+    )
+
+
+async def _apply_without_transaction(conn: asyncpg.Connection, migration: Migration) -> None:
+    """Each statement alone (autocommit), so writers are never blocked for long.
+    Re-runnable after an interruption: its statements are written to be
+    idempotent (IF NOT EXISTS / IF EXISTS), and an index that an interrupted
+    CREATE INDEX CONCURRENTLY left invalid (which IF NOT EXISTS would keep) is
+    dropped first, concurrently, to be built again."""
+    # Building an index over millions of rows outlasts any request's
+    # statement_timeout; the writers it must not block are never blocked.
+    await conn.execute("SET statement_timeout = 0")
+    try:
+        for name in migration.concurrent_indexes():
+            invalid = await conn.fetchval(
+                "SELECT true FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace"
+                " AND NOT i.indisvalid",
+                name,
+            )
+            if invalid:
+                quoted = await conn.fetchval("SELECT quote_ident($1)", name)
+                await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quoted}")
+        for statement in migration.statements():
+            await conn.execute(statement)
+    finally:
+        await conn.execute("RESET statement_timeout")
 
 
 async def ensure_all_system_accounts(

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
-from .validation import MAX_AMOUNT, MAX_DESCRIPTION, MAX_METADATA_KEYS, MAX_METADATA_VALUE
+from .currencies import MAX_AMOUNT_ANY_CURRENCY, MAX_MAJOR_UNITS
+from .listing import MAX_UNIX_SECONDS, PAYMENTS, PAYOUTS, REFUNDS
+from .validation import (
+    MAX_DESCRIPTION,
+    MAX_JSON_DEPTH,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE,
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -37,10 +44,15 @@ _AUTH_ERRORS = {
 }
 _BODY_ERRORS = {
     "400": _problem(
-        "Malformed JSON (`malformed_json`), Idempotency-Key problem, or a value the"
-        " ledger cannot store (`invalid_input`)"
+        "Malformed JSON (`malformed_json`), objects or arrays nested more than"
+        f" {MAX_JSON_DEPTH} levels deep (`json_too_deep`), Idempotency-Key problem,"
+        " or a value the ledger cannot store (`invalid_input`)"
     ),
     "413": _problem("Body over 1 MiB (`payload_too_large`)"),
+    "415": _problem(
+        "The body is not declared as `application/json` (UTF-8), or has no"
+        " Content-Type (`unsupported_media_type`)"
+    ),
     "422": _problem(
         "Invalid field (`validation_error`, names the field; also strings holding NUL or"
         " lone surrogates) or business refusal"
@@ -63,7 +75,14 @@ _REPLAYED_HEADER = {
         "schema": {"type": "string", "enum": ["true"]},
     }
 }
-_AMOUNT = {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT}
+_AMOUNT = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": MAX_AMOUNT_ANY_CURRENCY,
+    "description": "Minor units of the currency (ISO 4217 exponent), at most"
+    f" {MAX_MAJOR_UNITS} major units: 10^12 for a two-decimal currency (USD),"
+    " 10^10 for one without decimals (JPY), 10^13 for a three-decimal one (KWD)",
+}
 _CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["NGN"]}
 _TIMESTAMP = {"type": "string", "format": "date-time"}
 
@@ -243,6 +262,49 @@ def _money_post(summary: str, body: str, result: str, extra: dict | None = None)
     return op
 
 
+def _list(summary: str, item: str, statuses: tuple[str, ...], extra: dict | None = None) -> dict:
+    """A list operation of listing.py: newest first, cursor pages, filters."""
+
+    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "schema": schema, "description": description}
+
+    unix_time = {"type": "integer", "minimum": 0, "maximum": MAX_UNIX_SECONDS}
+    object_id = {"type": "string"}
+    op = {
+        "summary": summary,
+        "parameters": [
+            query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Default 20"),
+            query("starting_after", object_id, f"A {item} id: the page of older ones after it"),
+            query("ending_before", object_id, f"A {item} id: the page of newer ones before it"),
+            query("created[gte]", unix_time, "Created at or after (Unix seconds)"),
+            query("created[lt]", unix_time, "Created before (Unix seconds)"),
+            query("status", {"enum": list(statuses)}, "Only this status"),
+        ],
+        "responses": {
+            "200": _json(
+                f"{item.capitalize()}s, newest first",
+                {
+                    "type": "object",
+                    "required": ["data", "has_more"],
+                    "properties": {
+                        "data": {"type": "array", "items": _ref(item.capitalize())},
+                        "has_more": {"type": "boolean"},
+                    },
+                },
+            ),
+            "422": _problem(
+                "Invalid parameter (`validation_error`, names it): a cursor that is not"
+                " one of these objects, both cursors, an unknown status, a bad time"
+            ),
+            **_AUTH_ERRORS,
+        },
+    }
+    if extra:
+        op["parameters"].insert(0, _ID)
+        op["responses"].update(extra)
+    return op
+
+
 def document() -> dict[str, Any]:
     not_found = {
         "404": _problem("Unknown id, another merchant's, or no valid id at all (`not_found`)")
@@ -334,7 +396,8 @@ def document() -> dict[str, Any]:
             "/v1/payments": {
                 "post": _money_post(
                     "Take a payment into the merchant's account", "PaymentCreate", "Payment"
-                )
+                ),
+                "get": _list("The merchant's payments", "payment", PAYMENTS.statuses),
             },
             "/v1/payments/{id}": {
                 "get": {
@@ -353,7 +416,11 @@ def document() -> dict[str, Any]:
                         "Refund part or all of a payment", "RefundCreate", "Refund", not_found
                     ),
                     "parameters": [_ID, _IDEMPOTENCY_KEY],
-                }
+                },
+                "get": _list("The payment's refunds", "refund", REFUNDS.statuses, not_found),
+            },
+            "/v1/refunds": {
+                "get": _list("The merchant's refunds", "refund", REFUNDS.statuses),
             },
             "/v1/refunds/{id}": {
                 "get": {
@@ -369,7 +436,8 @@ def document() -> dict[str, Any]:
             "/v1/payouts": {
                 "post": _money_post(
                     "Move money out of the merchant's account", "PayoutCreate", "Payout"
-                )
+                ),
+                "get": _list("The merchant's payouts", "payout", PAYOUTS.statuses),
             },
             "/v1/payouts/{id}": {
                 "get": {

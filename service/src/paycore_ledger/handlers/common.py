@@ -109,12 +109,47 @@ async def batched_debit(
 ) -> web.Response:
     """A refund or payout through the worker's group commit (batching.py):
     `fields` reads and checks the request (after authentication, see
-    refusals_after_authentication) and returns debit_request's arguments."""
+    refusals_after_authentication) and returns debit_request's arguments,
+    and under REFUSAL_AFTER_REPLAY a refusal that must not stop a replay."""
     token = bearer_token(request)
     async with refusals_after_authentication(request, token):
         values = await fields(request)
+    refusal = values.pop(REFUSAL_AFTER_REPLAY, None)
+    if refusal is not None:
+        return await replay_or_refuse(request, token, values["key"], values["body"], refusal)
     req = debit_call.debit_request(request.method, request.path, token=token, kind=kind, **values)
     return respond(await request.app[DEBIT_BATCHER_KEY].answer(req))
+
+
+# The key, in a handler's checked fields, of a refusal that depends on the
+# settings (an unsupported currency): see replay_or_refuse.
+REFUSAL_AFTER_REPLAY = "refusal_after_replay"
+
+
+def refuse_unless_replayed(refusal: Problem) -> Callable[[asyncpg.Connection], Awaitable[Outcome]]:
+    """The action for idempotency.run that refuses: run only when the key holds
+    no earlier request, and rolled back with the claim, so nothing is stored."""
+
+    async def refuse(_tx: asyncpg.Connection) -> Outcome:
+        raise refusal
+
+    return refuse
+
+
+async def replay_or_refuse(
+    request: web.Request, token: str, key: str, body: dict[str, Any], refusal: Problem
+) -> web.Response:
+    """For a refusal that depends on the settings, judged after the
+    Idempotency-Key: the stored answer if the key holds this very request (made
+    while the settings accepted it), 422 idempotency_key_reused if it holds
+    another, else the refusal, not stored (the key stays free). A request still
+    running with the key is waited for, as on every idempotent POST. 401 first
+    if the API key is wrong. A rare path: its own round trips, never the hot one."""
+    async with request.app[DB_KEY].connection() as conn:
+        merchant_id = await authenticate(conn, token)
+        merchant_id_var.set(merchant_id)
+        action = refuse_unless_replayed(refusal)
+        return await idempotent_post(request, conn, merchant_id, key, body, action)
 
 
 def respond(answer: idempotency.Answer) -> web.Response:

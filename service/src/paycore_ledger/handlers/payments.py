@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from .. import ledger, payment_call, validation
+from .. import ledger, listing, payment_call, validation
 from ..app_keys import DB_KEY, DEBIT_BATCHER_KEY, PAYMENT_BATCHER_KEY, SETTINGS_KEY
 from ..auth import bearer_token
 from ..problems import Problem
@@ -18,6 +18,7 @@ from .common import (
     json_response,
     path_id,
     refusals_after_authentication,
+    replay_or_refuse,
     respond,
 )
 
@@ -33,10 +34,15 @@ async def create_payment(request: web.Request) -> web.Response:
         key = validation.idempotency_key(request)
         body = await validation.read_json(request)
         validation.reject_unknown(body, {"amount", "currency", "description", "metadata"})
-        amount = validation.amount(body)
-        currency = validation.currency(body, settings.currencies)
+        currency = validation.currency_code(body)
+        amount = validation.amount(body, currency)
         description = validation.description(body)
         metadata = validation.metadata(body)
+    refusal = validation.unsupported_currency(currency, settings.currencies)
+    if refusal is not None:
+        # After the Idempotency-Key: a payment taken while its currency was
+        # accepted still replays once the settings drop that currency.
+        return await replay_or_refuse(request, token, key, body, refusal)
     req = payment_call.payment_request(
         token=token,
         key=key,
@@ -107,3 +113,27 @@ async def get_refund(request: web.Request, conn: asyncpg.Connection, merchant_id
     if row is None:
         raise Problem(404, "not_found", "no such refund")
     return json_response(200, ledger.refund_view(row))
+
+
+@authenticated
+async def list_payments(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
+    page = await listing.page(conn, listing.PAYMENTS, request, {"merchant_id": merchant_id})
+    return json_response(200, page)
+
+
+@authenticated
+async def list_refunds(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
+    page = await listing.page(conn, listing.REFUNDS, request, {"merchant_id": merchant_id})
+    return json_response(200, page)
+
+
+@authenticated
+async def list_payment_refunds(request: web.Request, conn: asyncpg.Connection, merchant_id: str):
+    payment_id = path_id(request, "pay", "payment")
+    if not await conn.fetchval(
+        "SELECT true FROM payments WHERE id = $1 AND merchant_id = $2", payment_id, merchant_id
+    ):
+        raise Problem(404, "not_found", "no such payment")
+    scope = {"payment_id": payment_id, "merchant_id": merchant_id}
+    page = await listing.page(conn, listing.REFUNDS, request, scope, scope_name="payment")
+    return json_response(200, page)
