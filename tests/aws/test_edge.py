@@ -45,6 +45,7 @@ DEPLOYMENT = "edge"
 VPC_CIDR = "10.40.0.0/16"
 SUBNET_CIDR = "10.40.1.0/24"
 TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:{DEPLOYMENT}-alerts"
+WATCHDOG_TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:{DEPLOYMENT}-watchdog"
 ALERTS_USER = f"{DEPLOYMENT}-alertmanager"
 # Set once the read-only tests have run: the stages that change "edge" wait for it.
 READ_ONLY_DONE = threading.Event()
@@ -180,7 +181,12 @@ def test_provision_security_group_has_exactly_the_stated_rules(provisioned, aws)
     ec2 = aws("ec2")
     groups = ec2.describe_security_groups(Filters=tag_filter(DEPLOYMENT))["SecurityGroups"]
     assert len(groups) == 1
-    expected = {("tcp", 443, 443, "0.0.0.0/0"), ("udp", 51820, 51820, "0.0.0.0/0")}
+    expected = {
+        ("tcp", 443, 443, "0.0.0.0/0"),
+        # ACME http-01 (nginx answers the challenges, redirects the rest).
+        ("tcp", 80, 80, "0.0.0.0/0"),
+        ("udp", 51820, 51820, "0.0.0.0/0"),
+    }
     expected |= {("tcp", 22, 22, cidr) for cidr in ADMIN_CIDRS}
     assert ingress_rules(groups[0]) == expected
     assert groups[0]["VpcId"] == the_vpc(ec2, DEPLOYMENT)["VpcId"]
@@ -257,16 +263,24 @@ def test_provision_alerts_publisher_may_only_publish_to_the_topic(provisioned, a
     if isinstance(document, str):
         document = json.loads(document)
     assert document["Statement"] == [
-        {"Sid": "PublishAlerts", "Effect": "Allow", "Action": "sns:Publish", "Resource": TOPIC_ARN}
+        {
+            "Sid": "PublishAlerts",
+            "Effect": "Allow",
+            "Action": "sns:Publish",
+            "Resource": [TOPIC_ARN, WATCHDOG_TOPIC_ARN],
+        }
     ]
     # Evaluated as IAM does (moto's evaluator): allowed exactly there.
     policy = IAMPolicy(json.dumps(document))
-    assert policy.is_action_permitted("sns:Publish", TOPIC_ARN) == PermissionResult.PERMITTED
+    for topic in (TOPIC_ARN, WATCHDOG_TOPIC_ARN):
+        assert policy.is_action_permitted("sns:Publish", topic) == PermissionResult.PERMITTED
     other_topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:someone-elses-topic"
     denied = [
         ("sns:Publish", other_topic),
         ("sns:Publish", "*"),
         ("sns:Subscribe", TOPIC_ARN),
+        ("sns:Subscribe", WATCHDOG_TOPIC_ARN),
+        ("sns:SetTopicAttributes", WATCHDOG_TOPIC_ARN),
         ("sns:SetTopicAttributes", TOPIC_ARN),
         ("sns:DeleteTopic", TOPIC_ARN),
         ("sns:ListTopics", "*"),
@@ -276,6 +290,40 @@ def test_provision_alerts_publisher_may_only_publish_to_the_topic(provisioned, a
     ]
     for action, resource in denied:
         assert policy.is_action_permitted(action, resource) != PermissionResult.PERMITTED, action
+
+
+def test_provision_watchdog_topic(provisioned, aws):
+    sns = aws("sns")
+    assert WATCHDOG_TOPIC_ARN in [t["TopicArn"] for t in sns.list_topics()["Topics"]]
+    tags = {
+        t["Key"]: t["Value"]
+        for t in sns.list_tags_for_resource(ResourceArn=WATCHDOG_TOPIC_ARN)["Tags"]
+    }
+    assert tags["paycore:deployment"] == DEPLOYMENT
+    assert tags["paycore:managed-by"] == "ansible"
+    assert tags["paycore:component"] == "alerts"
+    assert tags["Name"] == f"{DEPLOYMENT}-watchdog"
+    # Nobody subscribes to it: the alarm watches it.
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=WATCHDOG_TOPIC_ARN)["Subscriptions"]
+    assert subscriptions == []
+    assert WATCHDOG_TOPIC_ARN in provisioned.stdout  # for alertmanager_watchdog_sns_topic_arn
+
+
+def test_provision_watchdog_alarm_pages_when_the_watchdog_stops(provisioned, aws):
+    alarms = aws("cloudwatch").describe_alarms(AlarmNames=[f"{DEPLOYMENT}-homelab-watchdog"])
+    (alarm,) = alarms["MetricAlarms"]
+    assert alarm["Namespace"] == "AWS/SNS"
+    assert alarm["MetricName"] == "NumberOfMessagesPublished"
+    assert alarm["Dimensions"] == [{"Name": "TopicName", "Value": f"{DEPLOYMENT}-watchdog"}]
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["ComparisonOperator"] == "LessThanThreshold"
+    assert alarm["Threshold"] == 1
+    assert alarm["Period"] == 300
+    assert alarm["EvaluationPeriods"] == 1
+    # No data at all (the homelab dark) pages too.
+    assert alarm["TreatMissingData"] == "breaching"
+    assert alarm["AlarmActions"] == [TOPIC_ARN]
+    assert alarm["OKActions"] == [TOPIC_ARN]
 
 
 def test_second_provision_changes_nothing(scenarios):

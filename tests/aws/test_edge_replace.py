@@ -146,6 +146,12 @@ def teardown_with_leftovers(ctx, variables) -> object:
     other = [{"Key": "paycore:deployment", "Value": "other"}]
     sns.create_topic(Name="other-alerts", Tags=other)
     sm.create_secret(Name="other/postgresql_app_password", SecretString="x", Tags=other)
+    # Provision made the Watchdog topic and alarm: teardown must take them.
+    watchdog_alarm = f"{DEPLOYMENT}-homelab-watchdog"
+    cloudwatch = ctx.aws("cloudwatch")
+    assert cloudwatch.describe_alarms(AlarmNames=[watchdog_alarm])["MetricAlarms"]
+    topics = [t["TopicArn"] for t in sns.list_topics()["Topics"]]
+    assert f"arn:aws:sns:{REGION}:{ACCOUNT}:{DEPLOYMENT}-watchdog" in topics
     enis_before = ec2.describe_network_interfaces(Filters=tag_filter(DEPLOYMENT))
     assert len(enis_before["NetworkInterfaces"]) >= 2  # the gateway's, the detached one
     return ctx.run(
@@ -270,7 +276,14 @@ def test_teardown_leaves_nothing_tagged(stage, aws):
         ec2, DEPLOYMENT, states=("pending", "running", "stopping", "stopped", "shutting-down")
     )
     assert live == []
+    alarms = aws("cloudwatch").describe_alarms(
+        AlarmNames=[f"{DEPLOYMENT}-gateway-recover", f"{DEPLOYMENT}-homelab-watchdog"]
+    )
+    assert alarms["MetricAlarms"] == []
     sns = aws("sns")
+    topics = [t["TopicArn"] for t in sns.list_topics()["Topics"]]
+    assert f"arn:aws:sns:{REGION}:{ACCOUNT}:{DEPLOYMENT}-watchdog" not in topics
+    assert f"arn:aws:sns:{REGION}:{ACCOUNT}:{DEPLOYMENT}-alerts" not in topics
     for topic in sns.list_topics()["Topics"]:
         tags = sns.list_tags_for_resource(ResourceArn=topic["TopicArn"])["Tags"]
         assert {"Key": "paycore:deployment", "Value": DEPLOYMENT} not in tags, topic
