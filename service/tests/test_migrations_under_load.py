@@ -1,8 +1,9 @@
 """Every migration since the online-safe pattern began (0009: concurrent
 indexes, NOT VALID then VALIDATE, no table rewrites) applied to a ledger of a
 million entries while payments keep being posted: no posting may wait for a
-lock the migration holds (sampled every few milliseconds), let alone longer
-than the service's lock_timeout (the API would answer 503 ledger_busy).
+lock the migration holds for longer than a catalog change takes (sampled every
+few milliseconds), let alone longer than the service's lock_timeout (the API
+would answer 503 ledger_busy).
 
 The postings are the statement the service has sent since migration 0008,
 written out here: the code of the release being rolled out may need the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import time
 import uuid
 
 import asyncpg
@@ -27,6 +29,12 @@ FIRST_ONLINE_SAFE = 9
 ENTRIES = 1_000_000
 LOCK_TIMEOUT_MS = 1000
 POSTERS = 4
+# A catalog-only change (CREATE TRIGGER, a new table referencing an old one)
+# takes its lock for the moment its transaction commits; a posting may wait
+# that long. A wait that grows with the table (an index build, a rewrite, a
+# constraint validated under lock) may not: at a million entries it is
+# already well past this.
+BRIEF_WAIT_S = 0.25
 
 POST_PAYMENT = """
     WITH t AS (
@@ -162,24 +170,33 @@ class Load:
 
 
 class BlockedWatch:
-    """Samples, from a connection of its own, which backends wait for a lock
-    that `blocker_pid` holds, until stopped."""
+    """Samples every few milliseconds, from a connection of its own, the
+    backends waiting for a lock that `blocker_pid` holds, and keeps the
+    longest wait seen (from the first to the last sample a backend waited in)."""
 
     def __init__(self, url: str, blocker_pid: int) -> None:
         self.url = url
         self.blocker_pid = blocker_pid
-        self.waiting: set[str] = set()
+        self.longest_wait_s = 0.0
+        self.longest_waiter = ""
         self._task: asyncio.Task | None = None
 
     async def _watch(self) -> None:
         conn = await asyncpg.connect(self.url)
+        first_seen: dict[int, float] = {}
         try:
             while True:
                 rows = await conn.fetch(
-                    "SELECT query FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    "SELECT pid, query FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
                     self.blocker_pid,
                 )
-                self.waiting.update(" ".join(r["query"].split()[:6]) for r in rows)
+                now = time.monotonic()
+                waiting = {r["pid"]: r["query"] for r in rows}
+                first_seen = {pid: first_seen.get(pid, now) for pid in waiting}
+                for pid, since in first_seen.items():
+                    if now - since > self.longest_wait_s:
+                        self.longest_wait_s = now - since
+                        self.longest_waiter = " ".join(waiting[pid].split()[:8])
                 await asyncio.sleep(0.005)
         finally:
             await conn.close()
@@ -209,7 +226,8 @@ async def test_online_migrations_never_block_postings(scratch_ledger):
             await owner.execute("LOCK TABLE payments IN SHARE MODE")
             await asyncio.sleep(3 * LOCK_TIMEOUT_MS / 1000)
     blocked = await load.stop()
-    assert watch.waiting and blocked["lock_timeout"] > 0, (watch.waiting, blocked)
+    assert watch.longest_wait_s >= LOCK_TIMEOUT_MS / 1000 * 0.9, watch.longest_wait_s
+    assert blocked["lock_timeout"] > 0, blocked
 
     load.start()
     await asyncio.sleep(0.5)
@@ -218,6 +236,7 @@ async def test_online_migrations_never_block_postings(scratch_ledger):
         await asyncio.sleep(0.5)
     during = await load.stop()
     assert applied and min(applied) == FIRST_ONLINE_SAFE, applied
-    assert watch.waiting == set(), watch.waiting
+    print(f"longest posting wait on a migration's lock: {watch.longest_wait_s * 1000:.0f} ms")
+    assert watch.longest_wait_s < BRIEF_WAIT_S, (watch.longest_wait_s, watch.longest_waiter)
     assert during["posted"] > 0 and during["lock_timeout"] == 0, during
     assert await migrations.pending(owner) == []
