@@ -75,9 +75,16 @@ class Database:
     """The worker's connections to PostgreSQL, opened on demand (so the service
     starts while the database is down), at most `db_pool_max` of them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_connections: int | None = None,
+        session: dict[str, str] | None = None,
+    ) -> None:
         self._settings = settings
-        self._max = settings.db_pool_max
+        self._server_settings = {**server_settings(settings), **(session or {})}
+        self._max = max_connections or settings.db_pool_max
         self._idle: list[tuple[asyncpg.Connection, float]] = []  # LIFO: warm first
         self._size = 0  # open connections, plus those being opened
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
@@ -138,7 +145,7 @@ class Database:
             return await asyncpg.connect(
                 self._settings.require_database_url(),
                 timeout=CONNECT_TIMEOUT_S,
-                server_settings=server_settings(self._settings),
+                server_settings=self._server_settings,
             )
         except BaseException as exc:
             self._size -= 1
