@@ -153,7 +153,7 @@ async def limit_rate(request: web.Request, handler) -> web.StreamResponse:
 
 
 async def _pool_gauges(app: web.Application) -> None:
-    metrics.DB_POOL_MAX.set(app[SETTINGS_KEY].db_pool_max)
+    metrics.DB_POOL_MAX.set(app[DB_KEY].max_connections)
     while True:
         app[DB_KEY].trim()
         system.update_pool_gauges(app)
@@ -179,7 +179,8 @@ def create_app(settings: Settings) -> web.Application:
     # contract refuses bodies > 1 MiB.
     app = web.Application(client_max_size=MAX_BODY_BYTES + 1, middlewares=[observe, limit_rate])
     app[SETTINGS_KEY] = settings
-    app[DB_KEY] = Database(settings)
+    # PAYCORE_DB_POOL_MAX per worker, one of them the rate limit checks' own.
+    app[DB_KEY] = Database(settings, max_connections=max(1, settings.db_pool_max - 1))
     app[RATE_LIMITER_KEY] = RateLimiter(settings)
     if settings.post_batch_max > 1:
         batching = (app[DB_KEY], settings.post_batch_max, settings.post_batch_window_us / 1e6)

@@ -73,7 +73,8 @@ def server_settings(settings: Settings) -> dict[str, str]:
 
 class Database:
     """The worker's connections to PostgreSQL, opened on demand (so the service
-    starts while the database is down), at most `db_pool_max` of them."""
+    starts while the database is down), at most `max_connections` of them
+    (default: db_pool_max)."""
 
     def __init__(
         self,
@@ -90,6 +91,10 @@ class Database:
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._closed = False
         self._last_warning = -10.0
+
+    @property
+    def max_connections(self) -> int:
+        return self._max
 
     def connection(self) -> _Lease:
         """`async with db.connection() as conn`: a connection for this request; an

@@ -105,7 +105,9 @@ class RateLimiter:
     money depends on it, and no money-moving statement ever runs on that
     connection. Checks always go in batches (one in flight per worker, the
     next forming meanwhile), so one connection per worker is enough, whatever
-    PAYCORE_POST_BATCH_MAX says about postings.
+    PAYCORE_POST_BATCH_MAX says about postings. It is one of the worker's
+    PAYCORE_DB_POOL_MAX (app.create_app gives the request pool one fewer), so
+    the connection budget of a site does not change.
     """
 
     def __init__(self, settings: Settings) -> None:
