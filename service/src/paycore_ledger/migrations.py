@@ -50,7 +50,7 @@ RUNTIME_GRANTS = (
     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
     "GRANT EXECUTE ON FUNCTION ledger_lock_accounts(text[]) TO {role}",
     # The rate limit state only; the overrides (per_second, burst) are the CLI's.
-    "GRANT SELECT, UPDATE (tat_us) ON merchant_rate_limits TO {role}",
+    "GRANT SELECT, UPDATE (tat_us, last_granted) ON merchant_rate_limits TO {role}",
 )
 
 

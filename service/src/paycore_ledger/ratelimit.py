@@ -156,7 +156,10 @@ class RateLimiter:
 
     async def _call(self, conn: asyncpg.Connection, key_hashes: list[bytes]) -> list[Verdict]:
         rows = await conn.fetch(_CALL, key_hashes, self._per_second, self._burst)
-        return [_verdict(row) for row in rows]
+        verdicts: list[Verdict] = [None] * len(key_hashes)  # type: ignore[list-item]
+        for row in rows:
+            verdicts[row[0] - 1] = _verdict(row)
+        return verdicts
 
     async def _call_one(self, conn: asyncpg.Connection, key_hash: bytes) -> Verdict:
         return (await self._call(conn, [key_hash]))[0]
