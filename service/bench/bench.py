@@ -317,12 +317,16 @@ def wait_ready(base: str) -> None:
 # (the check costs the same whatever the limit).
 UNBINDING_RATE_LIMIT = 1_000_000
 # The calm merchant: two connections, each waiting 20 ms before every
-# request, so well below the default 100/s; the hot one: 32 connections
-# as fast as they go, far above it.
-CALM_CLIENTS, CALM_DELAY_MS, HOT_CLIENTS = 2, 20, 32
+# request, so well below the default 100/s; the hot one: 32 connections,
+# each waiting HOT_DELAY_MS (default: about 1 000 requests/s, ten times its
+# limit and twice what the edge lets one address send; 0: flat out, which
+# on a shared 2-core machine measures wrk taking CPUs from the service).
+CALM_CLIENTS, CALM_DELAY_MS, HOT_CLIENTS, HOT_DELAY_MS = 2, 20, 32, 30
 
 
-def fairness(base: str, owner_url: str, duration: int, rounds: int, workers: int) -> None:
+def fairness(
+    base: str, owner_url: str, duration: int, rounds: int, workers: int, hot_delay_ms: int
+) -> None:
     """A calm merchant's payment latency alone, then beside a hot merchant
     hammering far over its limit, alternating; both under the service's limits."""
     calm_key, _ = asyncio.run(setup_merchant(owner_url, base))
@@ -330,7 +334,8 @@ def fairness(base: str, owner_url: str, duration: int, rounds: int, workers: int
     print(
         f"fairness: service workers={workers}, {duration}s per run, {rounds} rounds; calm merchant:"
         f" {CALM_CLIENTS} connections, {CALM_DELAY_MS} ms between requests; hot merchant:"
-        f" {HOT_CLIENTS} connections flat out"
+        f" {HOT_CLIENTS} connections, "
+        + (f"{hot_delay_ms} ms between requests" if hot_delay_ms else "flat out")
     )
     wrk_result(start_wrk(base, [calm_key], CALM_CLIENTS, 2, delay_ms=CALM_DELAY_MS))  # warm-up
 
@@ -345,7 +350,9 @@ def fairness(base: str, owner_url: str, duration: int, rounds: int, workers: int
             f"  round {i} calm alone:  {calm['rate']:6.1f} payments/s  p50={calm['p50_ms']:6.2f}ms"
             f"  p99={calm['p99_ms']:6.2f}ms  errors={calm['errors']}"
         )
-        hot_proc = start_wrk(base, [hot_key], HOT_CLIENTS, duration + 2)
+        hot_proc = start_wrk(
+            base, [hot_key], HOT_CLIENTS, duration + 2, delay_ms=hot_delay_ms or None
+        )
         time.sleep(1)  # the hot merchant is already over its limit
         calm = wrk_result(calm_run())
         hot = wrk_result(hot_proc)
@@ -393,6 +400,12 @@ def main() -> int:
         help="only the fairness runs: a calm merchant's latency alone and beside a hot one",
     )
     parser.add_argument("--rounds", type=int, default=3, help="fairness rounds (alternating)")
+    parser.add_argument(
+        "--hot-delay-ms",
+        type=int,
+        default=HOT_DELAY_MS,
+        help="fairness: the hot merchant's pause per connection between requests (0: flat out)",
+    )
     args = parser.parse_args()
     client_counts = [int(c) for c in args.clients.split(",")]
     if shutil.which("wrk") is None:
@@ -449,7 +462,7 @@ def main() -> int:
         )
         wait_ready(base)
         if args.fairness:
-            fairness(base, owner_url, args.duration, args.rounds, args.workers)
+            fairness(base, owner_url, args.duration, args.rounds, args.workers, args.hot_delay_ms)
             return 0
         key, _ = asyncio.run(setup_merchant(owner_url, base))
         print(
