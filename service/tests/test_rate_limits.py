@@ -122,8 +122,9 @@ async def test_one_merchant_over_its_limit_leaves_another_alone(limited):
 
 @pytest.mark.parametrize("batch_max", [64, 1])
 async def test_concurrent_requests_get_exactly_the_burst(limited, batch_max):
-    """Checks made together (one batched statement, or one each) spend the
-    budget exactly once per allowed request."""
+    """Checks made together (several keys in one call, the same key several
+    times) spend the budget exactly once per allowed request, whether the
+    postings are batched or not (the checks always are)."""
     _, new = await limited(rate_limit_burst=7, post_batch_max=batch_max)
     m, other = await new(), await new()
     answers = await asyncio.gather(
