@@ -51,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("key_id", nargs="?")
     group.add_argument("--stdin", action="store_true", help="read the key itself from stdin")
     msub.add_parser("list", help="list merchants and their key ids")
+    limit = msub.add_parser(
+        "rate-limit",
+        help="show or set a merchant's rate limit (default: PAYCORE_RATE_LIMIT_*)",
+    )
+    which = limit.add_mutually_exclusive_group(required=True)
+    which.add_argument("--merchant-id")
+    which.add_argument("--name")
+    limit.add_argument("--per-second", type=int, help="sustained requests per second")
+    limit.add_argument("--burst", type=int, help="requests at once (the bucket's size)")
+    limit.add_argument(
+        "--default", action="store_true", help="drop the override: the service's defaults apply"
+    )
 
     payments = sub.add_parser("payments", help="operator decisions on payments under review")
     psub = payments.add_subparsers(dest="action", required=True)
@@ -119,6 +131,16 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
                 _print(await merchants.create(conn, args.name))
             elif args.action == "ensure":
                 _print(await merchants.ensure(conn, args.name, key))
+            elif args.action == "rate-limit":
+                _print(
+                    await merchants.rate_limit(
+                        conn,
+                        merchants.MerchantRef(args.merchant_id, args.name),
+                        per_second=args.per_second,
+                        burst=args.burst,
+                        default=args.default,
+                    )
+                )
             elif args.action == "revoke-key":
                 _print(
                     await merchants.revoke_key(

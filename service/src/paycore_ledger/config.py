@@ -14,6 +14,11 @@ MIN_IDEMPOTENCY_RETENTION_HOURS = 24
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_POST_BATCH_MAX = 64
 DEFAULT_POST_BATCH_WINDOW_US = 200
+# Per-merchant rate limit (ratelimit.py): what payment APIs give a live
+# merchant, and two seconds of it at once.
+DEFAULT_RATE_LIMIT_PER_SECOND = 100
+DEFAULT_RATE_LIMIT_BURST = 200
+MAX_RATE_LIMIT = 1_000_000
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 
 
@@ -44,6 +49,10 @@ class Settings:
     post_batch_max: int = DEFAULT_POST_BATCH_MAX
     # ... and at most this long a request waits for others to join its batch.
     post_batch_window_us: int = DEFAULT_POST_BATCH_WINDOW_US
+    # Per-merchant budget shared by every ledger process (ratelimit.py);
+    # a merchant's override (`merchants rate-limit`) takes precedence.
+    rate_limit_per_second: int = DEFAULT_RATE_LIMIT_PER_SECOND
+    rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST
 
     def review_threshold(self, currency: str) -> int:
         return self.review_thresholds.get(currency, self.default_review_threshold)
@@ -243,5 +252,15 @@ def load(env: dict[str, str] | None = None) -> Settings:
         post_batch_max=_int(env, "PAYCORE_POST_BATCH_MAX", DEFAULT_POST_BATCH_MAX, 1, 1000),
         post_batch_window_us=_int(
             env, "PAYCORE_POST_BATCH_WINDOW_US", DEFAULT_POST_BATCH_WINDOW_US, 0, 100_000
+        ),
+        rate_limit_per_second=_int(
+            env,
+            "PAYCORE_RATE_LIMIT_PER_SECOND",
+            DEFAULT_RATE_LIMIT_PER_SECOND,
+            1,
+            MAX_RATE_LIMIT,
+        ),
+        rate_limit_burst=_int(
+            env, "PAYCORE_RATE_LIMIT_BURST", DEFAULT_RATE_LIMIT_BURST, 1, MAX_RATE_LIMIT
         ),
     )

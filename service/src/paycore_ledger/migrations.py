@@ -49,6 +49,8 @@ RUNTIME_GRANTS = (
     "GRANT SELECT, INSERT ON reconcile_runs TO {role}",
     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
     "GRANT EXECUTE ON FUNCTION ledger_lock_accounts(text[]) TO {role}",
+    # The rate limit state only; the overrides (per_second, burst) are the CLI's.
+    "GRANT SELECT, UPDATE (tat_us, last_granted) ON merchant_rate_limits TO {role}",
 )
 
 

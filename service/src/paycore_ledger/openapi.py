@@ -34,8 +34,28 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": (
+        "The merchant's burst: requests it may send at once (draft-ietf-httpapi-ratelimit-headers)."
+        " The budget refills at the merchant's rate per second, shared by every ledger host"
+    ),
+    "RateLimit-Remaining": "Requests left in the budget after this one",
+    "RateLimit-Reset": "Seconds until the whole budget is available again",
+}
 _AUTH_ERRORS = {
     "401": _problem("Missing or invalid API key (`unauthorized`)"),
+    "429": {
+        **_problem(
+            "The merchant's rate limit is spent (`rate_limited`); nothing was done or stored,"
+            " so the same request (same Idempotency-Key) may be sent again after `Retry-After`"
+        ),
+        "headers": {
+            "Retry-After": {
+                "description": "Whole seconds until the next request is allowed",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
     "503": _problem(
         "Database unavailable (`database_unavailable`), a query exceeded the statement"
         " timeout (`database_timeout`) or a row lock wait timed out (`ledger_busy`);"
@@ -305,7 +325,29 @@ def _list(summary: str, item: str, statuses: tuple[str, ...], extra: dict | None
     return op
 
 
+def _with_rate_limit_headers(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every answer of an authenticated operation carries the RateLimit-* headers
+    (401 excepted: no merchant is known)."""
+    refs = {name: {"$ref": f"#/components/headers/{name}"} for name in _RATE_LIMIT_HEADERS}
+    for item in doc["paths"].values():
+        for op in item.values():
+            if op.get("security") == []:
+                continue
+            for status, response in op["responses"].items():
+                if status != "401":
+                    response["headers"] = {**response.get("headers", {}), **refs}
+    doc["components"]["headers"] = {
+        name: {"description": text, "schema": {"type": "integer", "minimum": 0}}
+        for name, text in _RATE_LIMIT_HEADERS.items()
+    }
+    return doc
+
+
 def document() -> dict[str, Any]:
+    return _with_rate_limit_headers(_document())
+
+
+def _document() -> dict[str, Any]:
     not_found = {
         "404": _problem("Unknown id, another merchant's, or no valid id at all (`not_found`)")
     }
