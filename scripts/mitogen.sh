@@ -1,12 +1,16 @@
 # Sourced by test.sh and lab.sh: run Ansible under Mitogen for Ansible
 # (mitogen_linear, pinned in requirements-dev.txt). Each host keeps one Python
-# interpreter for the whole run instead of starting one per task, which halves
-# an idempotent run over `docker exec` (README.md, Development). The inventory
-# and Molecule name the connection `docker` (community.docker.docker), the
-# name Mitogen takes over; ansible-playbook run directly, or with
-# PAYCORE_MITOGEN=0, uses Ansible's own linear strategy on the same inventory.
+# interpreter for the whole run instead of starting one per task: an
+# idempotent run over `docker exec` takes about 40% less time and 30% less
+# CPU (README.md, Development). The inventory and Molecule name the
+# connection `docker` (community.docker.docker), the name Mitogen takes over.
+# Molecule's own create/destroy playbooks stay on Ansible's linear strategy
+# (scripts/mitogen/ansible-playbook). ansible-playbook run directly, or with
+# PAYCORE_MITOGEN=0, uses Ansible's linear strategy on the same inventory.
 if [[ ${PAYCORE_MITOGEN:-1} == 1 ]]; then
     ANSIBLE_STRATEGY_PLUGINS=$("$root/.venv/bin/python" -c \
         'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))')/plugins/strategy
-    export ANSIBLE_STRATEGY_PLUGINS ANSIBLE_STRATEGY=mitogen_linear
+    PAYCORE_ANSIBLE_PLAYBOOK=$root/.venv/bin/ansible-playbook
+    export ANSIBLE_STRATEGY_PLUGINS ANSIBLE_STRATEGY=mitogen_linear PAYCORE_ANSIBLE_PLAYBOOK
+    export PATH=$root/scripts/mitogen:$PATH
 fi
