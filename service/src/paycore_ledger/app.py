@@ -17,7 +17,7 @@ from .app_keys import DB_KEY, DEBIT_BATCHER_KEY, PAYMENT_BATCHER_KEY, POOL_TASK_
 from .batching import Batcher
 from .config import Settings
 from .db import UNAVAILABLE_ERRORS, Database, timed_out, unavailable
-from .handlers import accounts, payments, payouts, system
+from .handlers import accounts, events, payments, payouts, system
 from .logs import merchant_id_var, operation_var, request_id_var
 from .problems import Problem
 from .validation import MAX_BODY_BYTES
@@ -180,6 +180,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/payouts", payouts.create_payout)
     app.router.add_get("/v1/payouts", payouts.list_payouts)
     app.router.add_get("/v1/payouts/{id}", payouts.get_payout)
+    app.router.add_get("/v1/events", events.list_events)
+    app.router.add_get("/v1/events/{id}", events.get_event)
     app.router.add_get("/healthz", system.healthz)
     app.router.add_get("/readyz", system.readyz)
     app.router.add_get("/metrics", system.metrics_endpoint)

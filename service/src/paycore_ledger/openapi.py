@@ -6,6 +6,7 @@ from typing import Any
 
 from . import __version__
 from .currencies import MAX_AMOUNT_ANY_CURRENCY, MAX_MAJOR_UNITS
+from .events import EVENTS
 from .listing import MAX_UNIX_SECONDS, PAYMENTS, PAYOUTS, REFUNDS
 from .validation import (
     MAX_DESCRIPTION,
@@ -208,6 +209,29 @@ def _schemas() -> dict[str, Any]:
                 "created_at": _TIMESTAMP,
             },
         },
+        "Event": {
+            "type": "object",
+            "required": ["id", "object", "type", "created_at", "data"],
+            "description": "A state change. Of two events of one object, the later state has"
+            " the later created_at: a receiver applies an event only if it is newer than the"
+            " last one it applied for that object (docs/webhooks.md).",
+            "properties": {
+                "id": {"type": "string", "pattern": "^evt_"},
+                "object": {"const": "event"},
+                "type": {"enum": list(EVENTS.statuses)},
+                "created_at": _TIMESTAMP,
+                "data": {
+                    "type": "object",
+                    "required": ["object"],
+                    "properties": {
+                        "object": {
+                            "oneOf": [_ref("Payment"), _ref("Refund"), _ref("Payout")],
+                            "description": "The object as it was just after the change",
+                        }
+                    },
+                },
+            },
+        },
         "AccountCreate": {
             "type": "object",
             "required": ["currency"],
@@ -262,7 +286,13 @@ def _money_post(summary: str, body: str, result: str, extra: dict | None = None)
     return op
 
 
-def _list(summary: str, item: str, statuses: tuple[str, ...], extra: dict | None = None) -> dict:
+def _list(
+    summary: str,
+    item: str,
+    statuses: tuple[str, ...],
+    extra: dict | None = None,
+    filter_name: str = "status",
+) -> dict:
     """A list operation of listing.py: newest first, cursor pages, filters."""
 
     def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -278,7 +308,7 @@ def _list(summary: str, item: str, statuses: tuple[str, ...], extra: dict | None
             query("ending_before", object_id, f"A {item} id: the page of newer ones before it"),
             query("created[gte]", unix_time, "Created at or after (Unix seconds)"),
             query("created[lt]", unix_time, "Created before (Unix seconds)"),
-            query("status", {"enum": list(statuses)}, "Only this status"),
+            query(filter_name, {"enum": list(statuses)}, f"Only this {filter_name}"),
         ],
         "responses": {
             "200": _json(
@@ -294,7 +324,7 @@ def _list(summary: str, item: str, statuses: tuple[str, ...], extra: dict | None
             ),
             "422": _problem(
                 "Invalid parameter (`validation_error`, names it): a cursor that is not"
-                " one of these objects, both cursors, an unknown status, a bad time"
+                f" one of these objects, both cursors, an unknown {filter_name}, a bad time"
             ),
             **_AUTH_ERRORS,
         },
@@ -445,6 +475,26 @@ def document() -> dict[str, Any]:
                     "parameters": [_ID],
                     "responses": {
                         "200": _json("Payout", _ref("Payout")),
+                        **not_found,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/events": {
+                "get": _list(
+                    "The merchant's events (every state change of its payments, refunds and"
+                    " payouts, written in the same transaction as the change)",
+                    "event",
+                    EVENTS.statuses,
+                    filter_name="type",
+                ),
+            },
+            "/v1/events/{id}": {
+                "get": {
+                    "summary": "One event",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": _json("Event", _ref("Event")),
                         **not_found,
                         **_AUTH_ERRORS,
                     },
