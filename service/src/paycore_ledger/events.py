@@ -26,6 +26,7 @@ TYPES = (
     "payment.requires_review",
     "payment.approved",
     "payment.rejected",
+    "payment.refunded",
     "refund.succeeded",
     "payout.succeeded",
 )

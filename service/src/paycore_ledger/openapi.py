@@ -232,6 +232,43 @@ def _schemas() -> dict[str, Any]:
                 },
             },
         },
+        "WebhookEndpoint": {
+            "type": "object",
+            "required": ["id", "object", "url", "description", "created_at"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^we_"},
+                "object": {"const": "webhook_endpoint"},
+                "url": {"type": "string", "format": "uri"},
+                "description": {"type": ["string", "null"]},
+                "created_at": _TIMESTAMP,
+            },
+        },
+        "WebhookEndpointCreated": {
+            "allOf": [
+                _ref("WebhookEndpoint"),
+                {
+                    "type": "object",
+                    "required": ["secret"],
+                    "properties": {
+                        "secret": {
+                            "type": "string",
+                            "pattern": "^whsec_",
+                            "description": "HMAC-SHA256 key of the Paycore-Signature header;"
+                            " shown only in this answer",
+                        }
+                    },
+                },
+            ]
+        },
+        "WebhookEndpointCreate": {
+            "type": "object",
+            "required": ["url"],
+            "additionalProperties": False,
+            "properties": {
+                "url": {"type": "string", "maxLength": 2048, "pattern": "^https://"},
+                "description": {"type": ["string", "null"], "maxLength": 500},
+            },
+        },
         "AccountCreate": {
             "type": "object",
             "required": ["currency"],
@@ -292,6 +329,7 @@ def _list(
     statuses: tuple[str, ...],
     extra: dict | None = None,
     filter_name: str = "status",
+    schema: str | None = None,
 ) -> dict:
     """A list operation of listing.py: newest first, cursor pages, filters."""
 
@@ -300,6 +338,7 @@ def _list(
 
     unix_time = {"type": "integer", "minimum": 0, "maximum": MAX_UNIX_SECONDS}
     object_id = {"type": "string"}
+    schema = schema or item.capitalize()
     op = {
         "summary": summary,
         "parameters": [
@@ -308,7 +347,6 @@ def _list(
             query("ending_before", object_id, f"A {item} id: the page of newer ones before it"),
             query("created[gte]", unix_time, "Created at or after (Unix seconds)"),
             query("created[lt]", unix_time, "Created before (Unix seconds)"),
-            query(filter_name, {"enum": list(statuses)}, f"Only this {filter_name}"),
         ],
         "responses": {
             "200": _json(
@@ -317,7 +355,7 @@ def _list(
                     "type": "object",
                     "required": ["data", "has_more"],
                     "properties": {
-                        "data": {"type": "array", "items": _ref(item.capitalize())},
+                        "data": {"type": "array", "items": _ref(schema)},
                         "has_more": {"type": "boolean"},
                     },
                 },
@@ -329,6 +367,10 @@ def _list(
             **_AUTH_ERRORS,
         },
     }
+    if statuses:
+        op["parameters"].append(
+            query(filter_name, {"enum": list(statuses)}, f"Only this {filter_name}")
+        )
     if extra:
         op["parameters"].insert(0, _ID)
         op["responses"].update(extra)
@@ -499,6 +541,67 @@ def document() -> dict[str, Any]:
                         **_AUTH_ERRORS,
                     },
                 }
+            },
+            "/v1/webhook_endpoints": {
+                "post": {
+                    "summary": "Register an https URL that events are POSTed to, signed"
+                    " (docs/webhooks.md); the answer holds its signing secret, shown only here"
+                    " (and in a replay of this request)",
+                    "parameters": [_IDEMPOTENCY_KEY],
+                    "requestBody": _body(_ref("WebhookEndpointCreate")),
+                    "responses": {
+                        "201": {
+                            **_json("Endpoint registered", _ref("WebhookEndpointCreated")),
+                            "headers": _REPLAYED_HEADER,
+                        },
+                        **_AUTH_ERRORS,
+                        **_BODY_ERRORS,
+                        **_MONEY_POST_RESPONSES,
+                        "422": _problem(
+                            "Invalid field (`validation_error`), a URL that is not https or whose"
+                            " host resolves to a loopback, private, link-local or other non-public"
+                            " address (`webhook_url_refused`), or 16 endpoints already"
+                            " (`too_many_webhook_endpoints`)"
+                        ),
+                    },
+                },
+                "get": _list(
+                    "The merchant's webhook endpoints",
+                    "webhook endpoint",
+                    (),
+                    schema="WebhookEndpoint",
+                ),
+            },
+            "/v1/webhook_endpoints/{id}": {
+                "get": {
+                    "summary": "One webhook endpoint (without its secret)",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": _json("Endpoint", _ref("WebhookEndpoint")),
+                        **not_found,
+                        **_AUTH_ERRORS,
+                    },
+                },
+                "delete": {
+                    "summary": "Delete a webhook endpoint; its pending deliveries are dropped",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": _json(
+                            "Deleted",
+                            {
+                                "type": "object",
+                                "required": ["id", "object", "deleted"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "object": {"const": "webhook_endpoint"},
+                                    "deleted": {"const": True},
+                                },
+                            },
+                        ),
+                        **not_found,
+                        **_AUTH_ERRORS,
+                    },
+                },
             },
             "/healthz": {
                 "get": {

@@ -40,7 +40,8 @@ CREATE TABLE events (
     merchant_id text NOT NULL,  -- the object's merchant (its row references merchants)
     type        text NOT NULL CHECK (type IN (
                     'payment.succeeded', 'payment.requires_review', 'payment.approved',
-                    'payment.rejected', 'refund.succeeded', 'payout.succeeded')),
+                    'payment.rejected', 'payment.refunded', 'refund.succeeded',
+                    'payout.succeeded')),
     object_id   text NOT NULL,
     data        jsonb NOT NULL,  -- the object as the API shows it, at this state
     -- clock_timestamp() when the change was written, under the object's row
@@ -130,16 +131,17 @@ BEGIN
         INSERT INTO webhook_deliveries (endpoint_id, event_id)
         SELECT w.id, ev.id FROM ev JOIN webhook_endpoints w ON w.merchant_id = ev.merchant_id;
     ELSIF TG_TABLE_NAME = 'payments' THEN
-        -- A status change (an operator's decision); a refund's amount_refunded
-        -- is told by its refund.succeeded event.
+        -- A status change (an operator's decision) or a refund (its
+        -- amount_refunded; the refund itself has its refund.succeeded).
         WITH ev AS (
             INSERT INTO events (id, merchant_id, type, object_id, data, created_at)
             SELECT ledger_new_event_id(), n.merchant_id,
-                   CASE WHEN o.status = 'requires_review' AND n.status = 'succeeded'
+                   CASE WHEN n.status = o.status THEN 'payment.refunded'
+                        WHEN o.status = 'requires_review' AND n.status = 'succeeded'
                         THEN 'payment.approved' ELSE 'payment.' || n.status END,
                    n.id, ledger_payment_json(ROW(n.*)::payments), clock_timestamp()
               FROM new_rows n JOIN old_rows o ON o.id = n.id
-             WHERE n.status <> o.status
+             WHERE n.status <> o.status OR n.amount_refunded <> o.amount_refunded
             RETURNING events.id, events.merchant_id
         )
         INSERT INTO webhook_deliveries (endpoint_id, event_id)
