@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -203,6 +204,9 @@ def _webhooks(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.action == "deliver":
         if not 0 <= args.metrics_port <= 65535:
             raise CommandError(f"--metrics-port {args.metrics_port} is out of range")
+        # Its metrics stay in this process (its own port), never in the
+        # service's multiprocess directory (the same environment file sets it).
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         return delivery.run_forever(settings, args.metrics_port, args.metrics_host)
 
     async def do_webhooks(conn) -> int:
