@@ -25,7 +25,7 @@ from .auth import bearer_token, unauthorized
 from .batching import Batcher
 from .config import Settings
 from .db import UNAVAILABLE_ERRORS, Database, timed_out, unavailable
-from .handlers import accounts, payments, payouts, system
+from .handlers import accounts, events, payments, payouts, system, webhooks
 from .logs import merchant_id_var, operation_var, request_id_var
 from .problems import Problem
 from .ratelimit import VERDICT, RateLimiter
@@ -212,6 +212,12 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/payouts", payouts.create_payout)
     app.router.add_get("/v1/payouts", payouts.list_payouts)
     app.router.add_get("/v1/payouts/{id}", payouts.get_payout)
+    app.router.add_get("/v1/events", events.list_events)
+    app.router.add_get("/v1/events/{id}", events.get_event)
+    app.router.add_post("/v1/webhook_endpoints", webhooks.create_endpoint)
+    app.router.add_get("/v1/webhook_endpoints", webhooks.list_endpoints)
+    app.router.add_get("/v1/webhook_endpoints/{id}", webhooks.get_endpoint)
+    app.router.add_delete("/v1/webhook_endpoints/{id}", webhooks.delete_endpoint)
     app.router.add_get("/healthz", system.healthz)
     app.router.add_get("/readyz", system.readyz)
     app.router.add_get("/metrics", system.metrics_endpoint)

@@ -193,5 +193,5 @@ def record(outcome: Outcome) -> None:
     if outcome.movement is not None:
         m = outcome.movement
         metrics.record_created(m.kind, m.currency, m.status, m.amount)
-    else:
+    elif outcome.status >= 400:
         metrics.record_refusal(outcome.body["code"])
