@@ -13,4 +13,8 @@ if [[ ${PAYCORE_MITOGEN:-1} == 1 ]]; then
     PAYCORE_ANSIBLE_PLAYBOOK=$root/.venv/bin/ansible-playbook
     export ANSIBLE_STRATEGY_PLUGINS ANSIBLE_STRATEGY=mitogen_linear PAYCORE_ANSIBLE_PLAYBOOK
     export PATH=$root/scripts/mitogen:$PATH
+    # Mitogen starts its interpreter on a host within Ansible's connection
+    # timeout (10 s): too short for a busy 2-core machine running scenarios
+    # side by side.
+    export ANSIBLE_TIMEOUT=${ANSIBLE_TIMEOUT:-60}
 fi
