@@ -53,7 +53,7 @@ POST_PAYMENT = """
 
 
 @pytest.fixture
-async def scratch_ledger(database):
+async def scratch_ledger(database, monkeypatch):
     """A database of its own (created and dropped here), migrated up to the
     last migration before the online-safe pattern."""
     if database.cluster is None:
@@ -63,13 +63,10 @@ async def scratch_ledger(database):
     owner = await asyncpg.connect(database.cluster.url(database=name))
     try:
         older = [m for m in migrations.available() if m.version < FIRST_ONLINE_SAFE]
-        original = migrations.available
-        migrations.available = lambda: older
-        try:
+        with monkeypatch.context() as patch:
+            patch.setattr(migrations, "available", lambda: older)
             # No grants yet: today's grants name tables the old schema lacks.
             await migrations.migrate(owner, None, ("NGN",))
-        finally:
-            migrations.available = original
         yield owner, database.cluster.url(database=name)
     finally:
         await owner.close()
