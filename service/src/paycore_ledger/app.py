@@ -222,4 +222,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", system.readyz)
     app.router.add_get("/metrics", system.metrics_endpoint)
     app.router.add_get("/openapi.json", system.openapi)
+    metrics.start_request_series(
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource.canonical.startswith("/v1/")
+    )
     return app
