@@ -168,7 +168,12 @@ def test_reconcile_on_the_ledger_host_checks_the_remote_database():
 
 def test_admin_url_is_roots_only_and_the_runtime_role_cannot_administer():
     admin_file = app.file("/etc/paycore/ledger-admin.url")
-    assert (admin_file.user, admin_file.group, admin_file.mode) == ("root", "root", 0o600)
+    assert (admin_file.user, admin_file.group, admin_file.mode) == (
+        "root",
+        "paycore-ledger-admin",
+        0o640,
+    )
+    assert "paycore-ledger-admin" not in app.check_output("id paycore-ledger")
     assert "paycore_admin" in admin_file.content_string
     assert "paycore_admin" not in app.file("/etc/paycore/ledger-database.url").content_string
     unread = app.run("runuser -u paycore-ledger -- cat /etc/paycore/ledger-admin.url")

@@ -217,7 +217,7 @@ def test_ledger_env_and_secret_file_permissions(host):
         f = host.file(path)
         assert (f.user, f.group, f.mode) == ("root", "paycore-ledger", 0o640), path
     admin = host.file("/etc/paycore/ledger-admin.url")
-    assert (admin.user, admin.group, admin.mode) == ("root", "root", 0o600)
+    assert (admin.user, admin.group, admin.mode) == ("root", "paycore-ledger-admin", 0o640)
     assert host.user("paycore-ledger").shell == "/usr/sbin/nologin"
     assert host.file("/opt/paycore/ledger/bin/paycore-ledger").exists
     # No compiler was needed on the host.
