@@ -123,6 +123,7 @@ def test_admin_commands_work_with_the_admin_credentials(database):
         ["merchants", "revoke-key", key_id],
         ["reconcile"],
         ["idempotency", "purge"],
+        ["events", "purge"],
     ):
         result = run_cli(args, env)
         assert result.returncode == 0, (args, result.stderr)
@@ -149,6 +150,7 @@ def test_admin_url_from_file(database, tmp_path):
         ["merchants", "create", "--name", "runtime-creds"],
         ["merchants", "revoke-key", "key_nope"],
         ["reconcile"],
+        ["events", "purge"],
     ],
 )
 def test_admin_command_with_runtime_credentials_says_which_to_use(database, args):

@@ -166,6 +166,23 @@ def test_reconcile_on_the_ledger_host_checks_the_remote_database():
     assert int(db_query("SELECT count(*) FROM reconcile_runs")) >= 1
 
 
+def test_retention_purges_run_as_the_admin_role_from_their_timer():
+    assert app.service("paycore-ledger-purge.timer").is_enabled
+    assert app.service("paycore-ledger-purge.timer").is_running
+    old_key = uuid.uuid4().hex
+    db_query(
+        "INSERT INTO idempotency_keys (merchant_id, key, fingerprint, method, path, state,"
+        " status_code, response_body, created_at) SELECT id, :'key', '\\x00', 'POST',"
+        " '/v1/payments', 'completed', 201, '{}', now() - interval '3 days' FROM merchants LIMIT 1",
+        key=old_key,
+    )
+    assert db_query("SELECT count(*) FROM idempotency_keys WHERE key = :'key'", key=old_key) == "1"
+    result = app.run("systemctl start paycore-ledger-purge.service")
+    assert result.rc == 0, app.run("journalctl -u paycore-ledger-purge -n 30").stdout
+    assert db_query("SELECT count(*) FROM idempotency_keys WHERE key = :'key'", key=old_key) == "0"
+    assert unit_property(app, "paycore-ledger-purge.service", "Result") == "success"
+
+
 def test_admin_url_is_roots_only_and_the_runtime_role_cannot_administer():
     admin_file = app.file("/etc/paycore/ledger-admin.url")
     assert (admin_file.user, admin_file.group, admin_file.mode) == (

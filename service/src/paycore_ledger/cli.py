@@ -24,7 +24,7 @@ class CommandError(Exception):
 
 # Commands that connect as the admin role (PAYCORE_ADMIN_DATABASE_URL[_FILE],
 # else PAYCORE_DATABASE_URL[_FILE]); `webhooks deliver` runs as the runtime role.
-ADMIN_COMMANDS = ("merchants", "payments", "reconcile", "idempotency", "webhooks")
+ADMIN_COMMANDS = ("merchants", "payments", "reconcile", "idempotency", "events", "webhooks")
 ADMIN_CREDENTIALS_HINT = (
     "this command needs the admin role's credentials: set PAYCORE_ADMIN_DATABASE_URL_FILE"
     " (on a ledger host: sudo paycore-ledger-admin ...)"
@@ -112,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     idem = sub.add_parser("idempotency", help="idempotency key maintenance")
     isub = idem.add_subparsers(dest="action", required=True)
     isub.add_parser("purge", help="delete keys older than the retention")
+
+    events = sub.add_parser("events", help="event log maintenance")
+    esub = events.add_subparsers(dest="action", required=True)
+    esub.add_parser(
+        "purge", help="delete events older than the retention, and their finished deliveries"
+    )
     return parser
 
 
@@ -148,7 +154,7 @@ def _read_stdin_key() -> str:
 
 
 def _run(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import idempotency, ledger, merchants, migrations, reconcile
+    from . import events, idempotency, ledger, merchants, migrations, reconcile
 
     if args.command == "migrate":
         role = args.app_role or settings.app_role
@@ -224,11 +230,19 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.command == "webhooks":
         return _webhooks(args, settings)
 
-    if args.command == "idempotency":
+    if args.command in ("idempotency", "events"):
+        if args.command == "idempotency":
+            purge, retention = idempotency.purge, settings.idempotency_retention_hours
+            report = {"retention_hours": retention}
+        else:
+            purge, retention = events.purge, settings.event_retention_days
+            report = {"retention_days": retention}
 
         async def do_purge(conn) -> int:
-            deleted = await idempotency.purge(conn, settings.idempotency_retention_hours)
-            _print({"deleted": deleted, "retention_hours": settings.idempotency_retention_hours})
+            deleted = await purge(conn, retention)
+            if deleted is None:
+                sys.stderr.write(f"{args.command} purge: another purge is running; nothing done\n")
+            _print({"deleted": deleted or 0, **report})
             return 0
 
         return asyncio.run(_with_conn(settings, do_purge))

@@ -21,6 +21,8 @@ DEFAULT_RATE_LIMIT_PER_SECOND = 100
 DEFAULT_RATE_LIMIT_BURST = 200
 MAX_RATE_LIMIT = 1_000_000
 DEFAULT_WEBHOOK_RETRY_HOURS = 72  # also the minimum: retries last at least 3 days
+# GET /v1/events keeps 30 days, as payment APIs' event logs do.
+DEFAULT_EVENT_RETENTION_DAYS = 30
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 
 
@@ -72,6 +74,8 @@ class Settings:
     webhook_timeout_seconds: float = 10.0
     # A claimed delivery is due again after this long (its worker died).
     webhook_lease_seconds: float = 60.0
+    # `events purge` deletes older events (and their finished deliveries).
+    event_retention_days: int = DEFAULT_EVENT_RETENTION_DAYS
 
     def review_threshold(self, currency: str) -> int:
         return self.review_thresholds.get(currency, self.default_review_threshold)
@@ -281,6 +285,22 @@ def load(env: dict[str, str] | None = None) -> Settings:
             f"PAYCORE_WEBHOOK_LEASE_SECONDS={webhook_lease} must exceed"
             f" PAYCORE_WEBHOOK_TIMEOUT_SECONDS={webhook_timeout}"
         )
+    webhook_retry_hours = _int(
+        env,
+        "PAYCORE_WEBHOOK_RETRY_HOURS",
+        DEFAULT_WEBHOOK_RETRY_HOURS,
+        DEFAULT_WEBHOOK_RETRY_HOURS,
+        24 * 30,
+    )
+    event_retention_days = _int(
+        env, "PAYCORE_EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION_DAYS, 1, 3650
+    )
+    if event_retention_days * 24 <= webhook_retry_hours:
+        raise ConfigError(
+            f"PAYCORE_EVENT_RETENTION_DAYS={event_retention_days} must outlast"
+            f" PAYCORE_WEBHOOK_RETRY_HOURS={webhook_retry_hours}: an event is kept"
+            " at least as long as its deliveries are retried"
+        )
     return Settings(
         database_url=_database_url(env),
         admin_database_url=_database_url(env, "PAYCORE_ADMIN_DATABASE_URL"),
@@ -326,12 +346,6 @@ def load(env: dict[str, str] | None = None) -> Settings:
         webhook_allowed_networks=_networks(env, "PAYCORE_WEBHOOK_ALLOWED_NETWORKS"),
         webhook_timeout_seconds=float(webhook_timeout),
         webhook_lease_seconds=float(webhook_lease),
-        webhook_retry_seconds=3600
-        * _int(
-            env,
-            "PAYCORE_WEBHOOK_RETRY_HOURS",
-            DEFAULT_WEBHOOK_RETRY_HOURS,
-            DEFAULT_WEBHOOK_RETRY_HOURS,
-            24 * 30,
-        ),
+        webhook_retry_seconds=3600 * webhook_retry_hours,
+        event_retention_days=event_retention_days,
     )

@@ -20,6 +20,7 @@ import asyncpg
 
 from .ledger import _iso
 from .listing import Listing
+from .maintenance import run_alone
 
 TYPES = (
     "payment.succeeded",
@@ -46,3 +47,48 @@ def event_view(row: asyncpg.Record) -> dict[str, Any]:
 
 
 EVENTS = Listing("events", "evt", "event", TYPES, event_view, filter="type")
+
+
+PURGE_BATCH = 5000
+
+# Events older than the retention, with their deliveries (their attempts
+# cascade), except an event a delivery is still retrying. The bound on the id
+# (ids start with the hex milliseconds they were made at, sql/0011) lets the
+# primary key find the old rows at any table size; created_at decides.
+_PURGE = """
+WITH cutoff AS (
+    SELECT now() - make_interval(days => $1) AS at
+), doomed AS (
+    SELECT e.id
+      FROM events e, cutoff
+     WHERE e.id < 'evt_' || lpad(to_hex((extract(epoch FROM cutoff.at) * 1000)::bigint), 12, '0')
+       AND e.created_at < cutoff.at
+       AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                        WHERE d.event_id = e.id AND d.state = 'pending')
+     ORDER BY e.id
+     LIMIT $2
+), deliveries AS (
+    DELETE FROM webhook_deliveries d USING doomed WHERE d.event_id = doomed.id
+)
+DELETE FROM events e USING doomed WHERE e.id = doomed.id
+"""
+
+
+# The purge's advisory lock ("payevent"): one at a time, whichever host starts it.
+PURGE_LOCK = 0x7061796576656E74
+
+
+async def purge(conn: asyncpg.Connection, retention_days: int) -> int | None:
+    """Delete events older than the retention; returns how many, or None when
+    another purge is running. Batches of PURGE_BATCH, each its own statement
+    and commit (as idempotency.purge)."""
+
+    async def in_batches() -> int:
+        deleted = 0
+        while True:
+            batch = int((await conn.execute(_PURGE, retention_days, PURGE_BATCH)).split()[-1])
+            deleted += batch
+            if batch < PURGE_BATCH:
+                return deleted
+
+    return await run_alone(conn, PURGE_LOCK, in_batches)

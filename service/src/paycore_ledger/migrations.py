@@ -72,7 +72,7 @@ RUNTIME_GRANTS = (
 )
 
 # Least privileges of the admin role (the CLI's merchants, payments,
-# reconcile, idempotency purge and webhooks create|list|delete): exactly
+# reconcile, idempotency purge, events purge and webhooks create|list|delete): exactly
 # what those commands write and read, no DDL. Each statement is idempotent.
 ADMIN_GRANTS = (
     "GRANT USAGE ON SCHEMA public TO {role}",
@@ -94,6 +94,9 @@ ADMIN_GRANTS = (
     "GRANT SELECT, INSERT ON reconcile_runs TO {role}",
     # idempotency purge
     "GRANT SELECT, DELETE ON idempotency_keys TO {role}",
+    # events purge (an event's attempts cascade as the owner).
+    "GRANT SELECT, DELETE ON events TO {role}",
+    "GRANT SELECT, DELETE ON webhook_deliveries TO {role}",
     # webhooks create|list|delete (a delete cascades as the owner).
     "GRANT SELECT, INSERT, DELETE ON webhook_endpoints TO {role}",
     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
