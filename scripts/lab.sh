@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Brings the local lab up (containers, then the whole system with site.yml) or down.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+# shellcheck source=scripts/mitogen.sh
+source scripts/mitogen.sh
 inventory=inventories/lab
 secrets=${PAYCORE_LAB_SECRETS_DIR:-/var/lib/paycore-lab/secrets}
 

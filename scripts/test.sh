@@ -13,6 +13,8 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# shellcheck source=scripts/mitogen.sh
+source scripts/mitogen.sh
 failed=()
 start_all=$SECONDS
 # The CI time budget on a quiet 2-core machine (README.md, Development).

@@ -213,9 +213,10 @@ async def populate(owner_url: str, account: str, entries: int) -> None:
             await conn.execute(
                 """
                 INSERT INTO journal_transactions (kind, source_id, currency)
-                SELECT 'payment', 'pay_bench_' || g, 'NGN' FROM generate_series(1, $1) g
+                SELECT 'payment', 'pay_bench_' || ($2 + g), 'NGN' FROM generate_series(1, $1) g
                 """,
                 entries,
+                first,
             )
             await conn.execute(
                 """

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import signal
 import uuid
 
 import asyncpg
@@ -281,6 +283,29 @@ async def test_more_shards_after_migrate_are_usable(database, merchant, monkeypa
 
 
 # ---- the worker's connection pool ------------------------------------------------------
+
+
+async def test_readyz_timing_out_never_returns_its_connection_to_the_pool(database, aiohttp_client):
+    """readyz gives the database 2 s: a SELECT 1 still pending on a backend
+    that stopped answering must not be handed to the next request, whose
+    query would then read the stale answer or wait behind it."""
+    if database.cluster is None:
+        pytest.skip("stops a backend process: needs the throwaway cluster on this host")
+    app = create_app(make_settings(database.app_url, db_pool_min=1, db_pool_max=1))
+    client = await aiohttp_client(app)
+    assert (await client.get("/readyz")).status == 200
+    pool = app[DB_KEY]
+    assert pool.stats() == (1, 0)
+    ((stalled, _),) = pool._idle
+    backend = stalled.get_server_pid()
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        r = await client.get("/readyz")
+        assert r.status == 503
+        assert pool.stats() == (0, 0) and stalled.is_closed()
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    assert (await client.get("/readyz")).status == 200
 
 
 async def test_pool_bounded_shared_and_recovers_slots(database, monkeypatch):

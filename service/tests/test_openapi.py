@@ -136,14 +136,26 @@ def new_merchant_sync(database):
                         "acct_st_" + uuid.uuid4().hex[:12],
                         created["merchant_id"],
                     )
+                    seed = "pay_st_" + uuid.uuid4().hex[:12]
                     await ledger.post(
                         conn,
                         kind="payment",
-                        source_id="pay_st_seed",
+                        source_id=seed,
                         currency="NGN",
                         merchant_account=account,
                         merchant_direction="credit",
                         amount=10**9,
+                    )
+                    # The payment the posting belongs to, as reconcile expects.
+                    await conn.execute(
+                        "INSERT INTO payments (id, merchant_id, account_id, amount, currency,"
+                        " status, transaction_id)"
+                        " SELECT $1, $2, $3, $4, 'NGN', 'succeeded', id"
+                        "   FROM journal_transactions WHERE kind = 'payment' AND source_id = $1",
+                        seed,
+                        created["merchant_id"],
+                        account,
+                        10**9,
                     )
                 return created["api_key"]
             finally:

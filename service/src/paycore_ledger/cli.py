@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.command == "reconcile":
 
         async def do_reconcile(conn) -> int:
-            report = await reconcile.run(conn)
+            report = await reconcile.run(conn, timeout_ms=settings.reconcile_timeout_ms)
             if args.textfile:
                 _write_reconcile_textfile(args.textfile, report)
             _print(report)

@@ -36,6 +36,7 @@ class Settings:
     db_pool_max: int = 10
     lock_timeout_ms: int = 5000
     statement_timeout_ms: int = 30000
+    reconcile_timeout_ms: int = 3_600_000
     shutdown_timeout_s: float = 30.0
     app_role: str | None = None
     # Group commit of payments (batching.py): at most this many per call and
@@ -236,6 +237,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         db_pool_max=pool_max,
         lock_timeout_ms=_int(env, "PAYCORE_LOCK_TIMEOUT_MS", 5000, 100, 600_000),
         statement_timeout_ms=_int(env, "PAYCORE_STATEMENT_TIMEOUT_MS", 30_000, 100, 3_600_000),
+        reconcile_timeout_ms=_int(env, "PAYCORE_RECONCILE_TIMEOUT_MS", 3_600_000, 1000, 86_400_000),
         shutdown_timeout_s=float(_int(env, "PAYCORE_SHUTDOWN_TIMEOUT", 30, 1, 3600)),
         app_role=app_role,
         post_batch_max=_int(env, "PAYCORE_POST_BATCH_MAX", DEFAULT_POST_BATCH_MAX, 1, 1000),

@@ -230,9 +230,11 @@ class _Lease:
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         conn, self._conn = self._conn, None
-        # A query interrupted by cancellation may still be running on the
-        # server: never hand that connection to another request.
-        self._db._release(conn, reusable=not isinstance(exc, asyncio.CancelledError))
+        # A query interrupted by cancellation (a client gone, or a timeout of
+        # ours: asyncio.timeout and wait_for raise TimeoutError) may still be
+        # running on the server: never hand that connection to another request.
+        interrupted = isinstance(exc, (asyncio.CancelledError, TimeoutError))
+        self._db._release(conn, reusable=not interrupted)
         if exc is None:
             return False
         if isinstance(exc, asyncpg.QueryCanceledError):  # class 57 like OperatorIntervention

@@ -153,10 +153,29 @@ def in_use() -> Problem:
     )
 
 
+PURGE_BATCH = 5000
+
+
 async def purge(conn: asyncpg.Connection, retention_hours: int) -> int:
-    """Delete completed keys older than the retention; returns how many."""
-    result = await conn.execute(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
-        retention_hours,
-    )
-    return int(result.split()[-1])
+    """Delete completed keys older than the retention; returns how many.
+    Batches of PURGE_BATCH keys, each its own statement and commit, so a
+    backlog of millions stays within the statement timeout and never holds
+    row locks for long."""
+    deleted = 0
+    while True:
+        result = await conn.execute(
+            """
+            DELETE FROM idempotency_keys
+             WHERE (merchant_id, key) IN (
+                   SELECT merchant_id, key FROM idempotency_keys
+                    WHERE created_at < now() - make_interval(hours => $1)
+                      AND state = 'completed'
+                    LIMIT $2)
+            """,
+            retention_hours,
+            PURGE_BATCH,
+        )
+        batch = int(result.split()[-1])
+        deleted += batch
+        if batch < PURGE_BATCH:
+            return deleted

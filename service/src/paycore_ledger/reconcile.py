@@ -1,6 +1,8 @@
 """Prove the ledger: every transaction balances, every entry belongs to an
-existing account and transaction, stored balances equal their entries, every
-currency nets to zero, refund totals match. Read from one consistent snapshot."""
+existing account and transaction in the transaction's currency, stored balances
+equal their entries, every currency nets to zero, refund totals match, and each
+payment, refund and payout is posted by exactly the journal transaction it
+names (kind, account, amount, currency). Read from one consistent snapshot."""
 
 from __future__ import annotations
 
@@ -58,6 +60,60 @@ CHECKS: dict[str, str] = {
         SELECT id AS account_id, balance FROM accounts
          WHERE kind = 'merchant' AND balance < 0 LIMIT 100
     """,
+    "entries_in_another_currency": """
+        SELECT e.id AS entry_id, e.transaction_id,
+               a.currency AS account_currency, t.currency AS transaction_currency
+          FROM entries e
+          JOIN accounts a ON a.id = e.account_id
+          JOIN journal_transactions t ON t.id = e.transaction_id
+         WHERE a.currency <> t.currency
+         LIMIT 100
+    """,
+    # Each succeeded payment, refund and payout against the journal transaction
+    # it names: same kind, id and currency, exactly two entries, the merchant
+    # leg on its account for its amount in its direction, the other on a
+    # system account. Balance and currency of the legs are checked above.
+    "postings_not_matching_their_source": """
+        WITH sources AS (
+            SELECT 'payment' AS kind, p.id, p.transaction_id, p.account_id,
+                   p.amount, p.currency, 'credit' AS merchant_leg
+              FROM payments p WHERE p.status = 'succeeded'
+            UNION ALL
+            SELECT 'refund', r.id, r.transaction_id, p.account_id, r.amount, r.currency, 'debit'
+              FROM refunds r JOIN payments p ON p.id = r.payment_id
+            UNION ALL
+            SELECT 'payout', o.id, o.transaction_id, o.account_id, o.amount, o.currency, 'debit'
+              FROM payouts o
+        )
+        SELECT s.kind, s.id AS source_id, s.transaction_id
+          FROM sources s
+          LEFT JOIN journal_transactions t ON t.id = s.transaction_id
+          LEFT JOIN entries e ON e.transaction_id = s.transaction_id
+          LEFT JOIN accounts a ON a.id = e.account_id
+         GROUP BY s.kind, s.id, s.transaction_id, s.account_id, s.amount, s.currency,
+                  s.merchant_leg, t.kind, t.source_id, t.currency
+        HAVING t.kind IS DISTINCT FROM s.kind
+            OR t.source_id IS DISTINCT FROM s.id
+            OR t.currency IS DISTINCT FROM s.currency
+            OR count(e.id) <> 2
+            OR count(*) FILTER (WHERE e.account_id = s.account_id
+                                  AND e.direction = s.merchant_leg
+                                  AND e.amount = s.amount) <> 1
+            OR count(*) FILTER (WHERE a.kind = 'system') <> 1
+         LIMIT 100
+    """,
+    "journal_transactions_without_source": """
+        SELECT t.id AS transaction_id, t.kind, t.source_id
+          FROM journal_transactions t
+         WHERE NOT (
+                (t.kind = 'payment'
+                 AND EXISTS (SELECT 1 FROM payments p WHERE p.transaction_id = t.id))
+             OR (t.kind = 'refund'
+                 AND EXISTS (SELECT 1 FROM refunds r WHERE r.transaction_id = t.id))
+             OR (t.kind = 'payout'
+                 AND EXISTS (SELECT 1 FROM payouts o WHERE o.transaction_id = t.id)))
+         LIMIT 100
+    """,
     "refund_totals_mismatch": """
         SELECT p.id AS payment_id, p.amount_refunded, coalesce(sum(r.amount), 0) AS refunds
           FROM payments p LEFT JOIN refunds r ON r.payment_id = p.id
@@ -68,9 +124,16 @@ CHECKS: dict[str, str] = {
 }
 
 
-async def run(conn: asyncpg.Connection, record: bool = True) -> dict[str, Any]:
+async def run(
+    conn: asyncpg.Connection, record: bool = True, timeout_ms: int | None = None
+) -> dict[str, Any]:
+    """`timeout_ms` replaces the connection's statement_timeout for the checks:
+    the service's few seconds are for requests, and each check reads whole
+    tables (minutes at tens of millions of entries)."""
     findings: dict[str, list[dict[str, Any]]] = {}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        if timeout_ms is not None:
+            await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         for name, query in CHECKS.items():
             rows = await conn.fetch(query)
             if rows:
