@@ -22,7 +22,11 @@ machine) tells where the time goes, and the service workers' run-queue wait
 (/proc/PID/schedstat) how much of the machine other work took.
 Throughput counts only the expected answers (201/200); others are errors.
 --throughput-only skips the hot-account and balance-read runs (the payments/s
-runs and the replay comparison remain). --batch-max/--batch-window-us set the
+runs and the replay comparison remain). The per-merchant rate limit is set
+far above every run's rate (--rate-limit changes it): every request is still
+checked, none refused. --fairness runs only the fairness comparison, under
+the service's default limits: a calm merchant's payment latency alone and
+beside a hot merchant hammering far over its limit. --batch-max/--batch-window-us set the
 service's group commit (PAYCORE_POST_BATCH_MAX / _WINDOW_US; --batch-max 1 is
 one call and one commit per request); unset, the service's defaults apply.
 """
@@ -58,12 +62,21 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def wrk(base: str, api_keys: list[str], clients: int, duration: float, get_path: str = "") -> dict:
-    """Drive the service with wrk (C, like pgbench's own client) through load.lua."""
+def start_wrk(
+    base: str,
+    api_keys: list[str],
+    clients: int,
+    duration: float,
+    get_path: str = "",
+    delay_ms: int | None = None,
+) -> subprocess.Popen:
+    """Start wrk (C, like pgbench's own client) driving the service through load.lua."""
     env = dict(os.environ, BENCH_API_KEYS=",".join(api_keys), BENCH_RUN_ID=uuid.uuid4().hex)
     if get_path:
         env["BENCH_GET_PATH"] = get_path
-    result = subprocess.run(
+    if delay_ms is not None:
+        env["BENCH_DELAY_MS"] = str(delay_ms)
+    return subprocess.Popen(
         [
             "wrk",
             "-t",
@@ -79,17 +92,27 @@ def wrk(base: str, api_keys: list[str], clients: int, duration: float, get_path:
             base,
         ],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=True,
     )
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def wrk_result(proc: subprocess.Popen) -> dict:
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {stderr.strip()}")
+    figures = json.loads(stdout.strip().splitlines()[-1])
     # Throughput counts only the expected answers (201 for payments, 200 for
     # reads); wrk's request count includes error responses, reported apart.
     figures["ok"] = figures["requests"] - figures["unexpected_status"]
     figures["errors"] = figures["unexpected_status"] + figures["socket_errors"]
     figures["rate"] = figures["ok"] / figures["seconds"]
     return figures
+
+
+def wrk(base: str, api_keys: list[str], clients: int, duration: float, get_path: str = "") -> dict:
+    return wrk_result(start_wrk(base, api_keys, clients, duration, get_path))
 
 
 async def commits(owner_url: str) -> tuple[int, int]:
@@ -291,6 +314,66 @@ def wait_ready(base: str) -> None:
     raise RuntimeError("service did not become ready")
 
 
+# Far above any run's rate, so no request is refused; each is still checked
+# (the check costs the same whatever the limit).
+UNBINDING_RATE_LIMIT = 1_000_000
+# The calm merchant: two connections, each waiting 20 ms before every
+# request, so well below the default 100/s; the hot one: 32 connections,
+# each waiting HOT_DELAY_MS (default: about 1 000 requests/s, ten times its
+# limit and twice what the edge lets one address send; 0: flat out, which
+# on a shared 2-core machine measures wrk taking CPUs from the service).
+CALM_CLIENTS, CALM_DELAY_MS, HOT_CLIENTS, HOT_DELAY_MS = 2, 20, 32, 30
+
+
+def fairness(
+    base: str, owner_url: str, duration: int, rounds: int, workers: int, hot_delay_ms: int
+) -> None:
+    """A calm merchant's payment latency alone, then beside a hot merchant
+    hammering far over its limit, alternating; both under the service's limits."""
+    calm_key, _ = asyncio.run(setup_merchant(owner_url, base))
+    hot_key, _ = asyncio.run(setup_merchant(owner_url, base))
+    print(
+        f"fairness: service workers={workers}, {duration}s per run, {rounds} rounds; calm merchant:"
+        f" {CALM_CLIENTS} connections, {CALM_DELAY_MS} ms between requests; hot merchant:"
+        f" {HOT_CLIENTS} connections, "
+        + (f"{hot_delay_ms} ms between requests" if hot_delay_ms else "flat out")
+    )
+    wrk_result(start_wrk(base, [calm_key], CALM_CLIENTS, 2, delay_ms=CALM_DELAY_MS))  # warm-up
+
+    def calm_run() -> subprocess.Popen:
+        return start_wrk(base, [calm_key], CALM_CLIENTS, duration, delay_ms=CALM_DELAY_MS)
+
+    alone, beside = [], []
+    for i in range(1, rounds + 1):
+        calm = wrk_result(calm_run())
+        alone.append(calm)
+        print(
+            f"  round {i} calm alone:  {calm['rate']:6.1f} payments/s  p50={calm['p50_ms']:6.2f}ms"
+            f"  p99={calm['p99_ms']:6.2f}ms  errors={calm['errors']}"
+        )
+        hot_proc = start_wrk(
+            base, [hot_key], HOT_CLIENTS, duration + 2, delay_ms=hot_delay_ms or None
+        )
+        time.sleep(1)  # the hot merchant is already over its limit
+        calm = wrk_result(calm_run())
+        hot = wrk_result(hot_proc)
+        beside.append(calm)
+        print(
+            f"  round {i} calm beside: {calm['rate']:6.1f} payments/s  p50={calm['p50_ms']:6.2f}ms"
+            f"  p99={calm['p99_ms']:6.2f}ms  errors={calm['errors']}"
+            f" | hot: {hot['requests'] / hot['seconds']:7.1f} requests/s,"
+            f" {hot['rate']:6.1f} payments/s, {hot['limited'] / hot['seconds']:7.1f} 429s/s,"
+            f" other errors {hot['errors'] - hot['limited']}"
+        )
+    p50s = [statistics.median(r["p50_ms"] for r in runs) for runs in (alone, beside)]
+    p99s = [statistics.median(r["p99_ms"] for r in runs) for runs in (alone, beside)]
+    print(
+        f"calm merchant, medians of {rounds}: alone p50={p50s[0]:.2f}ms p99={p99s[0]:.2f}ms;"
+        f" beside the hot one p50={p50s[1]:.2f}ms p99={p99s[1]:.2f}ms;"
+        f" p99 ratio {p99s[1] / p99s[0]:.2f}x (target <= 2x)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=15, help="seconds per throughput run")
@@ -304,6 +387,25 @@ def main() -> int:
     parser.add_argument("--batch-max", type=int, help="PAYCORE_POST_BATCH_MAX for the service")
     parser.add_argument(
         "--batch-window-us", type=int, help="PAYCORE_POST_BATCH_WINDOW_US for the service"
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        help="PAYCORE_RATE_LIMIT_PER_SECOND for the service (burst: twice that); default:"
+        f" {UNBINDING_RATE_LIMIT} (every request is still checked, none refused), with"
+        " --fairness the service's own default",
+    )
+    parser.add_argument(
+        "--fairness",
+        action="store_true",
+        help="only the fairness runs: a calm merchant's latency alone and beside a hot one",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="fairness rounds (alternating)")
+    parser.add_argument(
+        "--hot-delay-ms",
+        type=int,
+        default=HOT_DELAY_MS,
+        help="fairness: the hot merchant's pause per connection between requests (0: flat out)",
     )
     args = parser.parse_args()
     client_counts = [int(c) for c in args.clients.split(",")]
@@ -337,6 +439,10 @@ def main() -> int:
             PAYCORE_DB_POOL_MAX=str(max(8, max(client_counts) // args.workers)),
             PAYCORE_LOG_LEVEL="WARNING",
         )
+        rate_limit = args.rate_limit or (None if args.fairness else UNBINDING_RATE_LIMIT)
+        if rate_limit is not None:
+            env["PAYCORE_RATE_LIMIT_PER_SECOND"] = str(rate_limit)
+            env["PAYCORE_RATE_LIMIT_BURST"] = str(min(2 * rate_limit, UNBINDING_RATE_LIMIT))
         if args.batch_max is not None:
             env["PAYCORE_POST_BATCH_MAX"] = str(args.batch_max)
         if args.batch_window_us is not None:
@@ -356,12 +462,16 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )
         wait_ready(base)
+        if args.fairness:
+            fairness(base, owner_url, args.duration, args.rounds, args.workers, args.hot_delay_ms)
+            return 0
         key, _ = asyncio.run(setup_merchant(owner_url, base))
         print(
             f"PostgreSQL 15 (fsync on), service workers={args.workers}, "
             f"{args.duration}s per run, loopback, {os.cpu_count()} CPUs shared by all, "
             f"batch max={env.get('PAYCORE_POST_BATCH_MAX', 'default')} "
-            f"window={env.get('PAYCORE_POST_BATCH_WINDOW_US', 'default')} us"
+            f"window={env.get('PAYCORE_POST_BATCH_WINDOW_US', 'default')} us, "
+            f"rate limit={env.get('PAYCORE_RATE_LIMIT_PER_SECOND', 'default')}/s per merchant"
         )
 
         # Like pgbench's branches (-s 64: 64 of them, one picked at random per

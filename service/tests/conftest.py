@@ -74,6 +74,10 @@ def make_settings(url: str, **overrides: Any) -> config.Settings:
         "db_pool_max": 20,
         "lock_timeout_ms": 1500,
         "review_thresholds": {"USD": 50_000},
+        # Tests that fire many requests as one merchant are not about the rate
+        # limit; test_rate_limits.py sets its own.
+        "rate_limit_per_second": 100_000,
+        "rate_limit_burst": 100_000,
     }
     base.update(overrides)
     return config.Settings(**base)

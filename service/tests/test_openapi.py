@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli_env
 from openapi_spec_validator import validate
 from paycore_ledger.app import create_app
 from paycore_ledger.openapi import document
@@ -69,12 +70,14 @@ async def test_served_document_matches(client):
     assert await r.json() == document()
 
 
-def test_schemathesis_finds_no_server_errors(serve, new_merchant_sync, tmp_path):
+def test_schemathesis_finds_no_server_errors(serve, new_merchant_sync, tmp_path, database):
     st = Path(sys.executable).with_name("st")
     if not st.exists():
         st = Path(shutil.which("st") or "st")
     key = new_merchant_sync()
-    server = serve("--workers", "1")
+    # A budget the fuzzing does not exhaust, so its requests reach the handlers.
+    limits = {"PAYCORE_RATE_LIMIT_PER_SECOND": "100000", "PAYCORE_RATE_LIMIT_BURST": "100000"}
+    server = serve("--workers", "1", env=cli_env(database.app_url, **limits))
     result = subprocess.run(
         [
             str(st),

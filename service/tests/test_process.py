@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from conftest import cli_env
 from paycore_ledger import merchants
+from prometheus_client.mmap_dict import MmapedDict
 
 
 def http(
@@ -158,6 +159,33 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _served_healthz(counter_file) -> bool:
+    return any(
+        '"/healthz"' in row[0] and row[1] > 0
+        for row in MmapedDict.read_all_values_from_file(str(counter_file))
+    )
+
+
+def test_burst_statuses_are_exported_at_zero_before_any_request(database, serve, tmp_path):
+    """rate() cannot count a series' first sample: the first 503s of an outage or
+    429s of a merchant over its limit must add to a series that already exists."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = cli_env(database.app_url, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    server = serve("--workers", "2", env=env, ready="/healthz")
+    _, _, body = http("GET", server.base + "/metrics")
+    text = body.decode()
+    for method, route in (("POST", "/v1/payments"), ("GET", "/v1/accounts/{id}")):
+        for status in ("429", "500", "503"):
+            series = (
+                f'http_requests_total{{method="{method}",route="{route}",status="{status}"}} 0.0'
+            )
+            assert series in text.splitlines(), series
+    assert 'route="/healthz",status="503"' not in text  # probes are not in the SLO
+    assert 'method="HEAD"' not in text
+    assert server.stop() == 0
+
+
 def test_workers_serve_from_n_processes_and_metrics_aggregate(database, serve, tmp_path):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
@@ -174,7 +202,9 @@ def test_workers_serve_from_n_processes_and_metrics_aggregate(database, serve, t
     with ThreadPoolExecutor(max_workers=12) as pool:
         statuses = list(pool.map(lambda _: http("GET", server.base + "/healthz")[0], range(n)))
     assert statuses == [200] * n
-    writers = {p.name.split("_")[-1] for p in metrics_dir.glob("counter_*.db")}
+    # Every worker's file holds its /v1 series at 0 from the start: count the
+    # workers whose /healthz count grew.
+    writers = {p.name for p in metrics_dir.glob("counter_*.db") if _served_healthz(p)}
     assert len(writers) == 3, f"requests were served by {len(writers)} of 3 workers"
     _, _, body = http("GET", server.base + "/metrics")
     text = body.decode()

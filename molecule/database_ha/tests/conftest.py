@@ -242,7 +242,7 @@ class Merchant:
 
 class Traffic:
     """Continuous keyed payments from `workers` threads, each paced below the
-    edge's rate limit (10 r/s per client address)."""
+    merchant's rate limit (100 r/s by default) and the edge's per-address guard."""
 
     def __init__(self, merchant, workers=2, interval=0.25):
         self.merchant = merchant

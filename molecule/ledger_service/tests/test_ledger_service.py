@@ -109,6 +109,30 @@ def test_service_listens_on_loopback_and_its_address_only():
     assert listeners(app, 8080) == {"127.0.0.1:8080", f"{APP_IP}:8080"}
 
 
+def test_webhook_delivery_worker_runs_hardened_and_claims_from_the_database():
+    worker = app.service("paycore-ledger-webhooks")
+    assert worker.is_running and worker.is_enabled
+    props = app.check_output(
+        "systemctl show paycore-ledger-webhooks -p User -p NoNewPrivileges -p ProtectSystem"
+        " -p PrivateTmp -p CapabilityBoundingSet -p NRestarts"
+    )
+    assert {
+        "User=paycore-ledger",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=",
+        "NRestarts=0",
+    } <= set(props.splitlines())
+    # Its own metrics, on loopback only; it claims deliveries as the runtime role.
+    assert listeners(app, 9466) == {"127.0.0.1:9466"}
+    metrics = app.check_output("curl -sS http://127.0.0.1:9466/metrics")
+    assert "paycore_webhook_attempts_total" in metrics
+    journal = app.check_output("journalctl -u paycore-ledger-webhooks --no-pager -o cat")
+    assert "webhook delivery worker started" in journal
+    assert "cannot claim deliveries" not in journal
+
+
 def test_migrations_were_run_from_the_ledger_host_as_the_owner():
     applied = db_query("SELECT version FROM schema_migrations ORDER BY version").split()
     shipped = app.check_output(

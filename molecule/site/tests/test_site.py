@@ -421,7 +421,9 @@ def test_containers_dashboard_shows_real_data(monitoring, ledger_hosts):
 
 
 # Runs on a ledger host: GET /v1/accounts N times over 4 keep-alive
-# connections to the local service (key in $KEY); prints how many were 200.
+# connections to the local service (key in $KEY); prints how many were
+# answered 200, or 429 once the merchant's rate limit (100/s) is spent: both
+# are requests served without a server error, which is what the SLO counts.
 MERCHANT_TRAFFIC = """
 import concurrent.futures, http.client, os, sys
 
@@ -433,7 +435,7 @@ def calls(count):
         connection.request("GET", "/v1/accounts", headers=headers)
         response = connection.getresponse()
         response.read()
-        answered += response.status == 200
+        answered += response.status in (200, 429)
     return answered
 
 with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -447,8 +449,9 @@ ERROR_RATIOS = '{__name__=~"paycore:ledger_errors:ratio_rate(5m|30m|1h|6h)"}'
 
 def resume_merchant_traffic(monitoring, ledger_hosts, api_key):
     """Traffic at a production-like volume after the outage, straight to each
-    ledger host's local port (the edge's per-client rate limit would hold one
-    client back): 5xx become under 0.3% of the last 30 minutes' requests. A
+    ledger host's local port (the edge's per-address abuse guard would hold one
+    client back; past the merchant's own rate limit the ledger answers 429,
+    which is not an error either): 5xx become under 0.3% of the last 30 minutes' requests. A
     quiet lab would otherwise keep the fast-burn alert's 30-minute pair of
     windows above its 0.6% until the outage is 30 minutes old."""
     errors = float(query(monitoring, OUTAGE_ERRORS)[0]["value"][1])
@@ -458,7 +461,7 @@ def resume_merchant_traffic(monitoring, ledger_hosts, api_key):
         answered = host.check_output(
             f"KEY={shlex.quote(api_key)} python3 /tmp/merchant-traffic.py {per_connection} 8080"
         )
-        assert int(answered) == 4 * per_connection, f"{host.backend.host}: {answered} answered 200"
+        assert int(answered) == 4 * per_connection, f"{host.backend.host}: {answered} not 5xx"
 
 
 def test_outage_alerts_resolve_and_the_ledger_reconciles(

@@ -13,13 +13,22 @@ import asyncpg
 from aiohttp import web
 
 from . import debit_call, metrics, payment_call
-from .app_keys import DB_KEY, DEBIT_BATCHER_KEY, PAYMENT_BATCHER_KEY, POOL_TASK_KEY, SETTINGS_KEY
+from .app_keys import (
+    DB_KEY,
+    DEBIT_BATCHER_KEY,
+    PAYMENT_BATCHER_KEY,
+    POOL_TASK_KEY,
+    RATE_LIMITER_KEY,
+    SETTINGS_KEY,
+)
+from .auth import bearer_token, unauthorized
 from .batching import Batcher
 from .config import Settings
 from .db import UNAVAILABLE_ERRORS, Database, timed_out, unavailable
-from .handlers import accounts, payments, payouts, system
+from .handlers import accounts, events, payments, payouts, system, webhooks
 from .logs import merchant_id_var, operation_var, request_id_var
 from .problems import Problem
+from .ratelimit import VERDICT, RateLimiter
 from .validation import MAX_BODY_BYTES
 
 log = logging.getLogger("paycore.http")
@@ -96,6 +105,9 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
             response = Problem(500, "internal_error", "internal error").response()
         if response.status == 503:
             metrics.DB_UNAVAILABLE.inc()
+        verdict = request.get(VERDICT)
+        if verdict is not None and verdict.allowed:
+            response.headers.update(verdict.headers())  # a refusal carries its own
         response.headers["X-Request-Id"] = request_id
         elapsed = time.perf_counter() - started
         route = route_template(request)
@@ -123,8 +135,25 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
         operation_var.reset(operation_token)
 
 
+@web.middleware
+async def limit_rate(request: web.Request, handler) -> web.StreamResponse:
+    """The merchant's shared rate limit (ratelimit.py), on every /v1 route,
+    before the handler reads anything: a wrong key is 401 and a merchant out of
+    budget 429 here. Its headers go on the answer in `observe`."""
+    if request.match_info.http_exception is not None or not request.path.startswith("/v1/"):
+        return await handler(request)
+    verdict = await request.app[RATE_LIMITER_KEY].check(bearer_token(request))
+    if verdict.merchant_id is None:
+        raise unauthorized()
+    merchant_id_var.set(verdict.merchant_id)
+    request[VERDICT] = verdict
+    if not verdict.allowed:
+        raise verdict.problem()
+    return await handler(request)
+
+
 async def _pool_gauges(app: web.Application) -> None:
-    metrics.DB_POOL_MAX.set(app[SETTINGS_KEY].db_pool_max)
+    metrics.DB_POOL_MAX.set(app[DB_KEY].max_connections)
     while True:
         app[DB_KEY].trim()
         system.update_pool_gauges(app)
@@ -142,14 +171,17 @@ async def _on_cleanup(app: web.Application) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     await app[DB_KEY].close()
+    await app[RATE_LIMITER_KEY].db.close()
 
 
 def create_app(settings: Settings) -> web.Application:
     # One byte of slack: aiohttp refuses bodies >= client_max_size, the
     # contract refuses bodies > 1 MiB.
-    app = web.Application(client_max_size=MAX_BODY_BYTES + 1, middlewares=[observe])
+    app = web.Application(client_max_size=MAX_BODY_BYTES + 1, middlewares=[observe, limit_rate])
     app[SETTINGS_KEY] = settings
-    app[DB_KEY] = Database(settings)
+    # PAYCORE_DB_POOL_MAX per worker, one of them the rate limit checks' own.
+    app[DB_KEY] = Database(settings, max_connections=max(1, settings.db_pool_max - 1))
+    app[RATE_LIMITER_KEY] = RateLimiter(settings)
     if settings.post_batch_max > 1:
         batching = (app[DB_KEY], settings.post_batch_max, settings.post_batch_window_us / 1e6)
         app[PAYMENT_BATCHER_KEY] = Batcher(
@@ -180,8 +212,19 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/payouts", payouts.create_payout)
     app.router.add_get("/v1/payouts", payouts.list_payouts)
     app.router.add_get("/v1/payouts/{id}", payouts.get_payout)
+    app.router.add_get("/v1/events", events.list_events)
+    app.router.add_get("/v1/events/{id}", events.get_event)
+    app.router.add_post("/v1/webhook_endpoints", webhooks.create_endpoint)
+    app.router.add_get("/v1/webhook_endpoints", webhooks.list_endpoints)
+    app.router.add_get("/v1/webhook_endpoints/{id}", webhooks.get_endpoint)
+    app.router.add_delete("/v1/webhook_endpoints/{id}", webhooks.delete_endpoint)
     app.router.add_get("/healthz", system.healthz)
     app.router.add_get("/readyz", system.readyz)
     app.router.add_get("/metrics", system.metrics_endpoint)
     app.router.add_get("/openapi.json", system.openapi)
+    metrics.start_request_series(
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource.canonical.startswith("/v1/")
+    )
     return app

@@ -9,6 +9,7 @@ from aiohttp import web
 from .batching import Batcher
 from .config import Settings
 from .db import Database
+from .ratelimit import RateLimiter
 
 DB_KEY = web.AppKey("db", Database)
 SETTINGS_KEY = web.AppKey("settings", Settings)
@@ -16,3 +17,4 @@ POOL_TASK_KEY = web.AppKey("pool_task", asyncio.Task)
 # Group commit (batching.py); absent when PAYCORE_POST_BATCH_MAX is 1.
 PAYMENT_BATCHER_KEY = web.AppKey("payment_batcher", Batcher)
 DEBIT_BATCHER_KEY = web.AppKey("debit_batcher", Batcher)  # refunds and payouts
+RATE_LIMITER_KEY = web.AppKey("rate_limiter", RateLimiter)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("key_id", nargs="?")
     group.add_argument("--stdin", action="store_true", help="read the key itself from stdin")
     msub.add_parser("list", help="list merchants and their key ids")
+    limit = msub.add_parser(
+        "rate-limit",
+        help="show or set a merchant's rate limit (default: PAYCORE_RATE_LIMIT_*)",
+    )
+    which = limit.add_mutually_exclusive_group(required=True)
+    which.add_argument("--merchant-id")
+    which.add_argument("--name")
+    limit.add_argument("--per-second", type=int, help="sustained requests per second")
+    limit.add_argument("--burst", type=int, help="requests at once (the bucket's size)")
+    limit.add_argument(
+        "--default", action="store_true", help="drop the override: the service's defaults apply"
+    )
 
     payments = sub.add_parser("payments", help="operator decisions on payments under review")
     psub = payments.add_subparsers(dest="action", required=True)
@@ -60,6 +73,25 @@ def _parser() -> argparse.ArgumentParser:
 
     reconcile = sub.add_parser("reconcile", help="prove the ledger is consistent")
     reconcile.add_argument("--textfile", help="also write node-exporter textfile metrics here")
+
+    hooks = sub.add_parser("webhooks", help="webhook endpoints and their delivery worker")
+    hsub = hooks.add_subparsers(dest="action", required=True)
+    hcreate = hsub.add_parser(
+        "create", help="register a merchant's endpoint; prints its signing secret once"
+    )
+    hcreate.add_argument("--merchant-id", required=True)
+    hcreate.add_argument("--url", required=True)
+    hcreate.add_argument("--description")
+    hlist = hsub.add_parser("list", help="a merchant's endpoints")
+    hlist.add_argument("--merchant-id", required=True)
+    hdelete = hsub.add_parser("delete", help="delete an endpoint (pending deliveries dropped)")
+    hdelete.add_argument("--merchant-id", required=True)
+    hdelete.add_argument("endpoint_id")
+    deliver = hsub.add_parser("deliver", help="run the delivery worker (until SIGTERM)")
+    deliver.add_argument(
+        "--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0: none)"
+    )
+    deliver.add_argument("--metrics-host", default="127.0.0.1")
 
     idem = sub.add_parser("idempotency", help="idempotency key maintenance")
     isub = idem.add_subparsers(dest="action", required=True)
@@ -119,6 +151,16 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
                 _print(await merchants.create(conn, args.name))
             elif args.action == "ensure":
                 _print(await merchants.ensure(conn, args.name, key))
+            elif args.action == "rate-limit":
+                _print(
+                    await merchants.rate_limit(
+                        conn,
+                        merchants.MerchantRef(args.merchant_id, args.name),
+                        per_second=args.per_second,
+                        burst=args.burst,
+                        default=args.default,
+                    )
+                )
             elif args.action == "revoke-key":
                 _print(
                     await merchants.revoke_key(
@@ -162,6 +204,9 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
                 _write_reconcile_textfile(args.textfile, None)
             raise
 
+    if args.command == "webhooks":
+        return _webhooks(args, settings)
+
     if args.command == "idempotency":
 
         async def do_purge(conn) -> int:
@@ -172,6 +217,46 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
         return asyncio.run(_with_conn(settings, do_purge))
 
     raise CommandError(f"unknown command {args.command}")
+
+
+def _webhooks(args: argparse.Namespace, settings: config.Settings) -> int:
+    from .webhooks import delivery, registration
+    from .webhooks.addresses import RefusedUrl
+
+    if args.action == "deliver":
+        if not 0 <= args.metrics_port <= 65535:
+            raise CommandError(f"--metrics-port {args.metrics_port} is out of range")
+        # Its metrics stay in this process (its own port), never in the
+        # service's multiprocess directory (the same environment file sets it).
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return delivery.run_forever(settings, args.metrics_port, args.metrics_host)
+
+    async def do_webhooks(conn) -> int:
+        if args.action == "create":
+            try:
+                created = await registration.register(
+                    conn,
+                    args.merchant_id,
+                    args.url,
+                    args.description,
+                    settings.webhook_allow_http,
+                    settings.webhook_allowed_networks,
+                )
+            except RefusedUrl as exc:
+                raise CommandError(f"url refused: {exc}") from None
+            except registration.TooManyEndpoints as exc:
+                raise CommandError(str(exc)) from None
+            _print(created)
+        elif args.action == "list":
+            for item in await registration.list_for(conn, args.merchant_id):
+                _print(item)
+        elif not await registration.delete(conn, args.merchant_id, args.endpoint_id):
+            raise CommandError(f"no webhook endpoint {args.endpoint_id} of that merchant")
+        else:
+            _print({"id": args.endpoint_id, "deleted": True})
+        return 0
+
+    return asyncio.run(_with_conn(settings, do_webhooks))
 
 
 def _write_reconcile_textfile(path: str, report: dict[str, Any] | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,6 +15,12 @@ MIN_IDEMPOTENCY_RETENTION_HOURS = 24
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_POST_BATCH_MAX = 64
 DEFAULT_POST_BATCH_WINDOW_US = 200
+# Per-merchant rate limit (ratelimit.py): what payment APIs give a live
+# merchant, and two seconds of it at once.
+DEFAULT_RATE_LIMIT_PER_SECOND = 100
+DEFAULT_RATE_LIMIT_BURST = 200
+MAX_RATE_LIMIT = 1_000_000
+DEFAULT_WEBHOOK_RETRY_HOURS = 72  # also the minimum: retries last at least 3 days
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 
 
@@ -44,6 +51,23 @@ class Settings:
     post_batch_max: int = DEFAULT_POST_BATCH_MAX
     # ... and at most this long a request waits for others to join its batch.
     post_batch_window_us: int = DEFAULT_POST_BATCH_WINDOW_US
+    # Per-merchant budget shared by every ledger process (ratelimit.py);
+    # a merchant's override (`merchants rate-limit`) takes precedence.
+    rate_limit_per_second: int = DEFAULT_RATE_LIMIT_PER_SECOND
+    rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST
+    # Webhooks (webhooks/). http:// endpoint URLs: for tests and development only.
+    webhook_allow_http: bool = False
+    # Non-public networks whose addresses endpoints may resolve to anyway
+    # (tests and development only: loopback receivers); every other
+    # loopback, private, link-local, tunnel or reserved address is refused.
+    webhook_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # A delivery is retried, with exponential backoff, for at least this long.
+    webhook_retry_seconds: int = DEFAULT_WEBHOOK_RETRY_HOURS * 3600
+    webhook_retry_base_seconds: float = 30.0  # first retry after 15-30 s
+    webhook_retry_cap_seconds: float = 6 * 3600.0  # at most 6 h between attempts
+    webhook_timeout_seconds: float = 10.0
+    # A claimed delivery is due again after this long (its worker died).
+    webhook_lease_seconds: float = 60.0
 
     def review_threshold(self, currency: str) -> int:
         return self.review_thresholds.get(currency, self.default_review_threshold)
@@ -203,6 +227,28 @@ def split_hosts(values: list[str]) -> tuple[str, ...]:
     return hosts
 
 
+def _networks(env: dict[str, str], name: str) -> tuple:
+    raw = env.get(name, "").strip()
+    networks = []
+    for item in (i.strip() for i in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an address or CIDR network") from None
+    return tuple(networks)
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
 def load(env: dict[str, str] | None = None) -> Settings:
     """Read settings; raises ConfigError with a one-line message."""
     env = dict(os.environ if env is None else env)
@@ -215,6 +261,13 @@ def load(env: dict[str, str] | None = None) -> Settings:
     if pool_min > pool_max:
         raise ConfigError(f"PAYCORE_DB_POOL_MIN={pool_min} exceeds PAYCORE_DB_POOL_MAX={pool_max}")
     app_role = env.get("PAYCORE_APP_ROLE", "").strip() or None
+    webhook_timeout = _int(env, "PAYCORE_WEBHOOK_TIMEOUT_SECONDS", 10, 1, 60)
+    webhook_lease = _int(env, "PAYCORE_WEBHOOK_LEASE_SECONDS", 60, 2, 3600)
+    if webhook_lease <= webhook_timeout:
+        raise ConfigError(
+            f"PAYCORE_WEBHOOK_LEASE_SECONDS={webhook_lease} must exceed"
+            f" PAYCORE_WEBHOOK_TIMEOUT_SECONDS={webhook_timeout}"
+        )
     return Settings(
         database_url=_database_url(env),
         hosts=_hosts(env),
@@ -243,5 +296,27 @@ def load(env: dict[str, str] | None = None) -> Settings:
         post_batch_max=_int(env, "PAYCORE_POST_BATCH_MAX", DEFAULT_POST_BATCH_MAX, 1, 1000),
         post_batch_window_us=_int(
             env, "PAYCORE_POST_BATCH_WINDOW_US", DEFAULT_POST_BATCH_WINDOW_US, 0, 100_000
+        ),
+        rate_limit_per_second=_int(
+            env,
+            "PAYCORE_RATE_LIMIT_PER_SECOND",
+            DEFAULT_RATE_LIMIT_PER_SECOND,
+            1,
+            MAX_RATE_LIMIT,
+        ),
+        rate_limit_burst=_int(
+            env, "PAYCORE_RATE_LIMIT_BURST", DEFAULT_RATE_LIMIT_BURST, 1, MAX_RATE_LIMIT
+        ),
+        webhook_allow_http=_flag(env, "PAYCORE_WEBHOOK_ALLOW_HTTP"),
+        webhook_allowed_networks=_networks(env, "PAYCORE_WEBHOOK_ALLOWED_NETWORKS"),
+        webhook_timeout_seconds=float(webhook_timeout),
+        webhook_lease_seconds=float(webhook_lease),
+        webhook_retry_seconds=3600
+        * _int(
+            env,
+            "PAYCORE_WEBHOOK_RETRY_HOURS",
+            DEFAULT_WEBHOOK_RETRY_HOURS,
+            DEFAULT_WEBHOOK_RETRY_HOURS,
+            24 * 30,
         ),
     )

@@ -73,16 +73,28 @@ def server_settings(settings: Settings) -> dict[str, str]:
 
 class Database:
     """The worker's connections to PostgreSQL, opened on demand (so the service
-    starts while the database is down), at most `db_pool_max` of them."""
+    starts while the database is down), at most `max_connections` of them
+    (default: db_pool_max)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_connections: int | None = None,
+        session: dict[str, str] | None = None,
+    ) -> None:
         self._settings = settings
-        self._max = settings.db_pool_max
+        self._server_settings = {**server_settings(settings), **(session or {})}
+        self._max = max_connections or settings.db_pool_max
         self._idle: list[tuple[asyncpg.Connection, float]] = []  # LIFO: warm first
         self._size = 0  # open connections, plus those being opened
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._closed = False
         self._last_warning = -10.0
+
+    @property
+    def max_connections(self) -> int:
+        return self._max
 
     def connection(self) -> _Lease:
         """`async with db.connection() as conn`: a connection for this request; an
@@ -138,7 +150,7 @@ class Database:
             return await asyncpg.connect(
                 self._settings.require_database_url(),
                 timeout=CONNECT_TIMEOUT_S,
-                server_settings=server_settings(self._settings),
+                server_settings=self._server_settings,
             )
         except BaseException as exc:
             self._size -= 1

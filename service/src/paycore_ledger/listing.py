@@ -1,6 +1,6 @@
-"""Lists of payments, refunds and payouts: newest first, cursor pagination
+"""Lists of payments, refunds, payouts and events: newest first, cursor pagination
 (`limit`, `starting_after`, `ending_before`), filters `created[gte]`,
-`created[lt]` (Unix seconds) and `status`.
+`created[lt]` (Unix seconds) and `status` (`type` for events).
 
 Pages are keyset pages on (created_at, id), the order of the indexes of
 sql/0009, so a page reads `limit` + 1 index entries whatever the table's size
@@ -34,8 +34,9 @@ class Listing:
     table: str  # a constant of this module, never input
     prefix: str  # of its ids
     what: str  # in messages: "payment"
-    statuses: tuple[str, ...]
+    statuses: tuple[str, ...]  # values of the filter below
     view: Callable[[asyncpg.Record], dict[str, Any]]
+    filter: str = "status"  # the query parameter and column of the equality filter
 
 
 PAYMENTS = Listing(
@@ -48,7 +49,7 @@ PAYOUTS = Listing("payouts", "po", "payout", ("succeeded",), ledger.payout_view)
 @dataclass(frozen=True)
 class PageRequest:
     limit: int
-    status: str | None = None
+    status: str | None = None  # the value of the listing's filter
     created_gte: datetime | None = None
     created_lt: datetime | None = None
     starting_after: str | None = None
@@ -60,9 +61,9 @@ def page_request(request: web.Request, listing: Listing) -> PageRequest:
     query = request.query
     if "starting_after" in query and "ending_before" in query:
         raise field_error("ending_before", "cannot be combined with starting_after")
-    status = query.get("status")
+    status = query.get(listing.filter)
     if status is not None and status not in listing.statuses:
-        raise field_error("status", f"must be one of {', '.join(listing.statuses)}")
+        raise field_error(listing.filter, f"must be one of {', '.join(listing.statuses)}")
     return PageRequest(
         limit=validation.limit(request),
         status=status,
@@ -100,7 +101,7 @@ def page_query(
 
     conditions = [f"{column} = {arg(value)}" for column, value in scope.items()]
     if page.status is not None:
-        conditions.append(f"status = {arg(page.status)}")
+        conditions.append(f"{listing.filter} = {arg(page.status)}")
     if page.created_gte is not None:
         conditions.append(f"created_at >= {arg(page.created_gte)}")
     if page.created_lt is not None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import asyncpg
 
 from .auth import generate_key, hash_key, valid_key_format
+from .config import MAX_RATE_LIMIT
 from .ids import new_id
 
 
@@ -102,3 +104,57 @@ async def list_all(conn: asyncpg.Connection) -> list[dict]:
     return [
         {"merchant_id": r["id"], "name": r["name"], "keys": json.loads(r["keys"])} for r in rows
     ]
+
+
+@dataclass(frozen=True)
+class MerchantRef:
+    """A merchant named by id or by name (one of the two)."""
+
+    merchant_id: str | None = None
+    name: str | None = None
+
+
+async def rate_limit(
+    conn: asyncpg.Connection,
+    merchant: MerchantRef,
+    *,
+    per_second: int | None = None,
+    burst: int | None = None,
+    default: bool = False,
+) -> dict[str, object]:
+    """Show a merchant's rate limit override, or change it: per_second and/or
+    burst set those parts (the other keeps its value), default=True drops
+    both. NULL (null in the output) means the service's PAYCORE_RATE_LIMIT_*
+    setting. Every ledger process applies it from its next check."""
+    if default and (per_second is not None or burst is not None):
+        raise MerchantError("--default drops the override; give it alone")
+    for flag, value in (("--per-second", per_second), ("--burst", burst)):
+        if value is not None and not 1 <= value <= MAX_RATE_LIMIT:
+            raise MerchantError(f"{flag} must be from 1 to {MAX_RATE_LIMIT}")
+    merchant_id = merchant.merchant_id
+    if merchant_id is None:
+        merchant_id = await conn.fetchval("SELECT id FROM merchants WHERE name = $1", merchant.name)
+    if default:
+        row = await conn.fetchrow(
+            "UPDATE merchant_rate_limits SET per_second = NULL, burst = NULL"
+            " WHERE merchant_id = $1 RETURNING merchant_id, per_second, burst",
+            merchant_id,
+        )
+    elif per_second is not None or burst is not None:
+        row = await conn.fetchrow(
+            "UPDATE merchant_rate_limits SET per_second = coalesce($2, per_second),"
+            " burst = coalesce($3, burst)"
+            " WHERE merchant_id = $1 RETURNING merchant_id, per_second, burst",
+            merchant_id,
+            per_second,
+            burst,
+        )
+    else:
+        row = await conn.fetchrow(
+            "SELECT merchant_id, per_second, burst FROM merchant_rate_limits"
+            " WHERE merchant_id = $1",
+            merchant_id,
+        )
+    if row is None:
+        raise MerchantError("no such merchant")
+    return dict(row)

@@ -64,12 +64,38 @@ DB_POOL_MAX = Gauge(
     "Configured maximum database connections",
     multiprocess_mode="livesum",
 )
+# The webhook delivery worker's own (webhooks/delivery.py; its metrics port).
+WEBHOOK_ATTEMPTS = Counter(
+    "paycore_webhook_attempts_total",
+    "Webhook delivery attempts by outcome (success, http_error, refused, error)",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPT_DURATION = Histogram(
+    "paycore_webhook_attempt_duration_seconds",
+    "Duration of webhook delivery attempts",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+# Statuses that come in bursts. A series that first appears with a burst
+# already counted has no earlier sample, so rate() cannot see that burst: an
+# outage's first 503s or a merchant's first 429s would escape the SLO ratios.
+# Each /v1 route starts with these at 0 instead.
+BURST_STATUSES = ("429", "500", "503")
+# An endpoint counts as failing after this many failed attempts in a row.
+FAILING_ENDPOINT_AFTER = 3
 
 
 @functools.cache
 def child(metric, *labels: str):
     """metric.labels(*labels), remembered: the hot path skips the label lock and checks."""
     return metric.labels(*labels)
+
+
+def start_request_series(routes) -> None:
+    """Export 0 for each (method, route) and BURST_STATUSES before any request."""
+    for method, route in routes:
+        for status in BURST_STATUSES:
+            child(HTTP_REQUESTS, method, route, status)
+            child(HTTP_DURATION, method, route, status)
 
 
 _CREATED = {"payment": PAYMENTS, "refund": REFUNDS, "payout": PAYOUTS}
@@ -128,4 +154,39 @@ def reconcile_lines(row) -> list[str]:
         "# HELP paycore_reconcile_last_run_timestamp_seconds When reconcile last ran",
         "# TYPE paycore_reconcile_last_run_timestamp_seconds gauge",
         f"paycore_reconcile_last_run_timestamp_seconds {row['ran_at'].timestamp():.3f}",
+    ]
+
+
+WEBHOOK_BACKLOG_SQL = """
+SELECT (SELECT count(*) FROM webhook_deliveries WHERE state = 'pending') AS pending,
+       (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)
+          FROM webhook_deliveries WHERE state = 'pending') AS oldest_age,
+       (SELECT coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0)
+          FROM webhook_deliveries
+         WHERE state = 'pending' AND next_attempt_at <= now()) AS oldest_due_age,
+       (SELECT count(*) FROM webhook_endpoints
+         WHERE consecutive_failures >= $1) AS failing
+"""
+
+
+def webhook_lines(row) -> list[str]:
+    """Gauges of the webhook backlog (read from the database at scrape, so
+    every ledger host reports the same figures: alerts take max())."""
+    if row is None:
+        return []
+    return [
+        "# HELP paycore_webhook_deliveries_pending Webhook deliveries not yet delivered or failed",
+        "# TYPE paycore_webhook_deliveries_pending gauge",
+        f"paycore_webhook_deliveries_pending {row['pending']}",
+        "# HELP paycore_webhook_oldest_pending_age_seconds Age of the oldest pending delivery",
+        "# TYPE paycore_webhook_oldest_pending_age_seconds gauge",
+        f"paycore_webhook_oldest_pending_age_seconds {float(row['oldest_age']):.3f}",
+        "# HELP paycore_webhook_oldest_due_age_seconds How long the longest-waiting due"
+        " delivery has been due (0: the workers keep up)",
+        "# TYPE paycore_webhook_oldest_due_age_seconds gauge",
+        f"paycore_webhook_oldest_due_age_seconds {max(0.0, float(row['oldest_due_age'])):.3f}",
+        "# HELP paycore_webhook_failing_endpoints Endpoints whose last"
+        f" {FAILING_ENDPOINT_AFTER}+ attempts all failed",
+        "# TYPE paycore_webhook_failing_endpoints gauge",
+        f"paycore_webhook_failing_endpoints {row['failing']}",
     ]

@@ -49,6 +49,16 @@ RUNTIME_GRANTS = (
     "GRANT SELECT, INSERT ON reconcile_runs TO {role}",
     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
     "GRANT EXECUTE ON FUNCTION ledger_lock_accounts(text[]) TO {role}",
+    # The rate limit state only; the overrides (per_second, burst) are the CLI's.
+    "GRANT SELECT, UPDATE (tat_us, last_granted) ON merchant_rate_limits TO {role}",
+    # Events are written only by the triggers of sql/0011 (as the owner).
+    "GRANT SELECT ON events TO {role}",
+    "GRANT SELECT, INSERT, DELETE ON webhook_endpoints TO {role}",
+    "GRANT UPDATE (consecutive_failures, last_success_at, last_failure_at)"
+    " ON webhook_endpoints TO {role}",
+    "GRANT SELECT ON webhook_deliveries TO {role}",
+    "GRANT UPDATE (state, attempts, next_attempt_at, finished_at) ON webhook_deliveries TO {role}",
+    "GRANT SELECT, INSERT ON webhook_attempts TO {role}",
 )
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from . import __version__
 from .currencies import MAX_AMOUNT_ANY_CURRENCY, MAX_MAJOR_UNITS
+from .events import EVENTS
 from .listing import MAX_UNIX_SECONDS, PAYMENTS, PAYOUTS, REFUNDS
 from .validation import (
     MAX_DESCRIPTION,
@@ -34,8 +35,28 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": (
+        "The merchant's burst: requests it may send at once (draft-ietf-httpapi-ratelimit-headers)."
+        " The budget refills at the merchant's rate per second, shared by every ledger host"
+    ),
+    "RateLimit-Remaining": "Requests left in the budget after this one",
+    "RateLimit-Reset": "Seconds until the whole budget is available again",
+}
 _AUTH_ERRORS = {
     "401": _problem("Missing or invalid API key (`unauthorized`)"),
+    "429": {
+        **_problem(
+            "The merchant's rate limit is spent (`rate_limited`); nothing was done or stored,"
+            " so the same request (same Idempotency-Key) may be sent again after `Retry-After`"
+        ),
+        "headers": {
+            "Retry-After": {
+                "description": "Whole seconds until the next request is allowed",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
     "503": _problem(
         "Database unavailable (`database_unavailable`), a query exceeded the statement"
         " timeout (`database_timeout`) or a row lock wait timed out (`ledger_busy`);"
@@ -208,6 +229,66 @@ def _schemas() -> dict[str, Any]:
                 "created_at": _TIMESTAMP,
             },
         },
+        "Event": {
+            "type": "object",
+            "required": ["id", "object", "type", "created_at", "data"],
+            "description": "A state change. Of two events of one object, the later state has"
+            " the later created_at: a receiver applies an event only if it is newer than the"
+            " last one it applied for that object (docs/webhooks.md).",
+            "properties": {
+                "id": {"type": "string", "pattern": "^evt_"},
+                "object": {"const": "event"},
+                "type": {"enum": list(EVENTS.statuses)},
+                "created_at": _TIMESTAMP,
+                "data": {
+                    "type": "object",
+                    "required": ["object"],
+                    "properties": {
+                        "object": {
+                            "oneOf": [_ref("Payment"), _ref("Refund"), _ref("Payout")],
+                            "description": "The object as it was just after the change",
+                        }
+                    },
+                },
+            },
+        },
+        "WebhookEndpoint": {
+            "type": "object",
+            "required": ["id", "object", "url", "description", "created_at"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^we_"},
+                "object": {"const": "webhook_endpoint"},
+                "url": {"type": "string", "format": "uri"},
+                "description": {"type": ["string", "null"]},
+                "created_at": _TIMESTAMP,
+            },
+        },
+        "WebhookEndpointCreated": {
+            "allOf": [
+                _ref("WebhookEndpoint"),
+                {
+                    "type": "object",
+                    "required": ["secret"],
+                    "properties": {
+                        "secret": {
+                            "type": "string",
+                            "pattern": "^whsec_",
+                            "description": "HMAC-SHA256 key of the Paycore-Signature header;"
+                            " shown only in this answer",
+                        }
+                    },
+                },
+            ]
+        },
+        "WebhookEndpointCreate": {
+            "type": "object",
+            "required": ["url"],
+            "additionalProperties": False,
+            "properties": {
+                "url": {"type": "string", "maxLength": 2048, "pattern": "^https://"},
+                "description": {"type": ["string", "null"], "maxLength": 500},
+            },
+        },
         "AccountCreate": {
             "type": "object",
             "required": ["currency"],
@@ -262,7 +343,14 @@ def _money_post(summary: str, body: str, result: str, extra: dict | None = None)
     return op
 
 
-def _list(summary: str, item: str, statuses: tuple[str, ...], extra: dict | None = None) -> dict:
+def _list(
+    summary: str,
+    item: str,
+    statuses: tuple[str, ...],
+    extra: dict | None = None,
+    filter_name: str = "status",
+    schema: str | None = None,
+) -> dict:
     """A list operation of listing.py: newest first, cursor pages, filters."""
 
     def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -270,6 +358,7 @@ def _list(summary: str, item: str, statuses: tuple[str, ...], extra: dict | None
 
     unix_time = {"type": "integer", "minimum": 0, "maximum": MAX_UNIX_SECONDS}
     object_id = {"type": "string"}
+    schema = schema or item.capitalize()
     op = {
         "summary": summary,
         "parameters": [
@@ -278,7 +367,6 @@ def _list(summary: str, item: str, statuses: tuple[str, ...], extra: dict | None
             query("ending_before", object_id, f"A {item} id: the page of newer ones before it"),
             query("created[gte]", unix_time, "Created at or after (Unix seconds)"),
             query("created[lt]", unix_time, "Created before (Unix seconds)"),
-            query("status", {"enum": list(statuses)}, "Only this status"),
         ],
         "responses": {
             "200": _json(
@@ -287,25 +375,51 @@ def _list(summary: str, item: str, statuses: tuple[str, ...], extra: dict | None
                     "type": "object",
                     "required": ["data", "has_more"],
                     "properties": {
-                        "data": {"type": "array", "items": _ref(item.capitalize())},
+                        "data": {"type": "array", "items": _ref(schema)},
                         "has_more": {"type": "boolean"},
                     },
                 },
             ),
             "422": _problem(
                 "Invalid parameter (`validation_error`, names it): a cursor that is not"
-                " one of these objects, both cursors, an unknown status, a bad time"
+                f" one of these objects, both cursors, an unknown {filter_name}, a bad time"
             ),
             **_AUTH_ERRORS,
         },
     }
+    if statuses:
+        op["parameters"].append(
+            query(filter_name, {"enum": list(statuses)}, f"Only this {filter_name}")
+        )
     if extra:
         op["parameters"].insert(0, _ID)
         op["responses"].update(extra)
     return op
 
 
+def _with_rate_limit_headers(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every answer of an authenticated operation carries the RateLimit-* headers
+    (401 excepted: no merchant is known)."""
+    refs = {name: {"$ref": f"#/components/headers/{name}"} for name in _RATE_LIMIT_HEADERS}
+    for item in doc["paths"].values():
+        for op in item.values():
+            if op.get("security") == []:
+                continue
+            for status, response in op["responses"].items():
+                if status != "401":
+                    response["headers"] = {**response.get("headers", {}), **refs}
+    doc["components"]["headers"] = {
+        name: {"description": text, "schema": {"type": "integer", "minimum": 0}}
+        for name, text in _RATE_LIMIT_HEADERS.items()
+    }
+    return doc
+
+
 def document() -> dict[str, Any]:
+    return _with_rate_limit_headers(_document())
+
+
+def _document() -> dict[str, Any]:
     not_found = {
         "404": _problem("Unknown id, another merchant's, or no valid id at all (`not_found`)")
     }
@@ -449,6 +563,87 @@ def document() -> dict[str, Any]:
                         **_AUTH_ERRORS,
                     },
                 }
+            },
+            "/v1/events": {
+                "get": _list(
+                    "The merchant's events (every state change of its payments, refunds and"
+                    " payouts, written in the same transaction as the change)",
+                    "event",
+                    EVENTS.statuses,
+                    filter_name="type",
+                ),
+            },
+            "/v1/events/{id}": {
+                "get": {
+                    "summary": "One event",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": _json("Event", _ref("Event")),
+                        **not_found,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/webhook_endpoints": {
+                "post": {
+                    "summary": "Register an https URL that events are POSTed to, signed"
+                    " (docs/webhooks.md); the answer holds its signing secret, shown only here"
+                    " (and in a replay of this request)",
+                    "parameters": [_IDEMPOTENCY_KEY],
+                    "requestBody": _body(_ref("WebhookEndpointCreate")),
+                    "responses": {
+                        "201": {
+                            **_json("Endpoint registered", _ref("WebhookEndpointCreated")),
+                            "headers": _REPLAYED_HEADER,
+                        },
+                        **_AUTH_ERRORS,
+                        **_BODY_ERRORS,
+                        **_MONEY_POST_RESPONSES,
+                        "422": _problem(
+                            "Invalid field (`validation_error`), a URL that is not https or whose"
+                            " host resolves to a loopback, private, link-local or other non-public"
+                            " address (`webhook_url_refused`), or 16 endpoints already"
+                            " (`too_many_webhook_endpoints`)"
+                        ),
+                    },
+                },
+                "get": _list(
+                    "The merchant's webhook endpoints",
+                    "webhook endpoint",
+                    (),
+                    schema="WebhookEndpoint",
+                ),
+            },
+            "/v1/webhook_endpoints/{id}": {
+                "get": {
+                    "summary": "One webhook endpoint (without its secret)",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": _json("Endpoint", _ref("WebhookEndpoint")),
+                        **not_found,
+                        **_AUTH_ERRORS,
+                    },
+                },
+                "delete": {
+                    "summary": "Delete a webhook endpoint; its pending deliveries are dropped",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": _json(
+                            "Deleted",
+                            {
+                                "type": "object",
+                                "required": ["id", "object", "deleted"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "object": {"const": "webhook_endpoint"},
+                                    "deleted": {"const": True},
+                                },
+                            },
+                        ),
+                        **not_found,
+                        **_AUTH_ERRORS,
+                    },
+                },
             },
             "/healthz": {
                 "get": {

@@ -19,6 +19,7 @@ from ..ids import valid_id
 from ..ledger import Outcome
 from ..logs import merchant_id_var, operation_var
 from ..problems import Problem
+from ..ratelimit import VERDICT
 
 log = logging.getLogger("paycore.ledger")
 _REPLAYED = {"Idempotent-Replayed": "true"}
@@ -41,8 +42,17 @@ def path_id(request: web.Request, prefix: str, what: str) -> str:
     return value
 
 
+def checked_merchant(request: web.Request) -> str | None:
+    """The merchant whose key the rate limit check (app.limit_rate) just
+    authenticated, if it ran."""
+    verdict = request.get(VERDICT)
+    return verdict.merchant_id if verdict is not None else None
+
+
 async def authenticate_first(request: web.Request, token: str) -> None:
     """Before refusing a request for anything else: 401 if the key is wrong."""
+    if checked_merchant(request) is not None:
+        return
     async with request.app[DB_KEY].connection() as conn:
         merchant_id_var.set(await authenticate(conn, token))
 
@@ -75,7 +85,7 @@ def authenticated(handler: Handler) -> Callable[[web.Request], Awaitable[web.Str
         async with refusals_after_authentication(request, token):
             pass  # the body read; the handler's own checks run once authenticated
         async with request.app[DB_KEY].connection() as conn:
-            merchant_id = await authenticate(conn, token)
+            merchant_id = checked_merchant(request) or await authenticate(conn, token)
             merchant_id_var.set(merchant_id)
             return await handler(request, conn, merchant_id)
 
@@ -183,5 +193,5 @@ def record(outcome: Outcome) -> None:
     if outcome.movement is not None:
         m = outcome.movement
         metrics.record_created(m.kind, m.currency, m.status, m.amount)
-    else:
+    elif outcome.status >= 400:
         metrics.record_refusal(outcome.body["code"])

@@ -47,6 +47,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
                     "SELECT ran_at, ok, problems FROM reconcile_runs ORDER BY id DESC LIMIT 1"
                 )
                 extra = metrics.reconcile_lines(row)
+                backlog = await conn.fetchrow(
+                    metrics.WEBHOOK_BACKLOG_SQL, metrics.FAILING_ENDPOINT_AFTER
+                )
+                extra += metrics.webhook_lines(backlog)
     body, content_type = metrics.exposition(extra)
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
