@@ -168,6 +168,14 @@ def test_the_single_host_site_kept_its_data_through_the_conversion(merchant):
     )
 
 
+def test_slow_queries_are_tracked_on_every_member():
+    """pg_stat_statements is preloaded under Patroni as it was on the single
+    server Patroni took over (postgres-exporter reads it on the leader)."""
+    for member in DATABASE_HOSTS:
+        assert "pg_stat_statements" in psql(member, "SHOW shared_preload_libraries")
+    assert int(psql(leader(), "SELECT count(*) FROM pg_stat_statements")) > 0
+
+
 def test_patroni_serves_the_families_the_dashboards_use():
     """What the dashboards and the rules read from Patroni and etcd, they serve."""
     served = set()
