@@ -18,6 +18,7 @@ from .app_keys import (
     DEBIT_BATCHER_KEY,
     PAYMENT_BATCHER_KEY,
     POOL_TASK_KEY,
+    PUBLIC_IDS_KEY,
     RATE_LIMITER_KEY,
     SETTINGS_KEY,
 )
@@ -28,6 +29,7 @@ from .db import UNAVAILABLE_ERRORS, Database, timed_out, unavailable
 from .handlers import accounts, events, payments, payouts, system, webhooks
 from .logs import merchant_id_var, operation_var, request_id_var
 from .problems import Problem
+from .public_ids import PublicIds
 from .ratelimit import VERDICT, RateLimiter
 from .validation import MAX_BODY_BYTES
 
@@ -182,6 +184,7 @@ def create_app(settings: Settings) -> web.Application:
     # PAYCORE_DB_POOL_MAX per worker, one of them the rate limit checks' own.
     app[DB_KEY] = Database(settings, max_connections=max(1, settings.db_pool_max - 1))
     app[RATE_LIMITER_KEY] = RateLimiter(settings)
+    app[PUBLIC_IDS_KEY] = PublicIds()
     if settings.post_batch_max > 1:
         batching = (app[DB_KEY], settings.post_batch_max, settings.post_batch_window_us / 1e6)
         app[PAYMENT_BATCHER_KEY] = Batcher(

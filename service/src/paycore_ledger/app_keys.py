@@ -9,6 +9,7 @@ from aiohttp import web
 from .batching import Batcher
 from .config import Settings
 from .db import Database
+from .public_ids import PublicIds
 from .ratelimit import RateLimiter
 
 DB_KEY = web.AppKey("db", Database)
@@ -18,3 +19,4 @@ POOL_TASK_KEY = web.AppKey("pool_task", asyncio.Task)
 PAYMENT_BATCHER_KEY = web.AppKey("payment_batcher", Batcher)
 DEBIT_BATCHER_KEY = web.AppKey("debit_batcher", Batcher)  # refunds and payouts
 RATE_LIMITER_KEY = web.AppKey("rate_limiter", RateLimiter)
+PUBLIC_IDS_KEY = web.AppKey("public_ids", PublicIds)

@@ -7,7 +7,6 @@ import secrets
 # "_" (new_id uses lower-case base32; system accounts are acct_sys_ngn_00).
 # Anything else in a path cannot name an object, so it is simply not found.
 _ID_RE = re.compile(r"[a-z]{1,8}_[A-Za-z0-9_]{1,64}")
-_ENTRY_RE = re.compile(r"ent_([0-9]{1,18})")  # ASCII digits only (not "²")
 
 
 # Each random byte maps to one of 32 characters (256 = 8 x 32, so uniformly):
@@ -24,16 +23,3 @@ def new_id(prefix: str) -> str:
 def valid_id(prefix: str, value: str) -> bool:
     """Whether `value` has the shape of an id of this type (it may still not exist)."""
     return value.startswith(prefix + "_") and _ID_RE.fullmatch(value) is not None
-
-
-def entry_public_id(entry_id: int) -> str:
-    return f"ent_{entry_id}"
-
-
-def parse_entry_id(public_id: str) -> int | None:
-    match = _ENTRY_RE.fullmatch(public_id)
-    return int(match[1]) if match else None
-
-
-def transaction_public_id(transaction_id: int) -> str:
-    return f"txn_{transaction_id}"

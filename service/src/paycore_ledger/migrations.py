@@ -59,6 +59,7 @@ RUNTIME_GRANTS = (
     "GRANT SELECT ON webhook_deliveries TO {role}",
     "GRANT UPDATE (state, attempts, next_attempt_at, finished_at) ON webhook_deliveries TO {role}",
     "GRANT SELECT, INSERT ON webhook_attempts TO {role}",
+    "GRANT SELECT ON public_id_key TO {role}",
 )
 
 

@@ -148,10 +148,10 @@ def _schemas() -> dict[str, Any]:
                 "created_at",
             ],
             "properties": {
-                "id": {"type": "string", "pattern": "^ent_"},
+                "id": {"type": "string", "pattern": "^ent_[a-z2-7]{13}$"},
                 "object": {"const": "entry"},
                 "account_id": {"type": "string"},
-                "transaction_id": {"type": "string", "pattern": "^txn_"},
+                "transaction_id": {"type": "string", "pattern": "^txn_[a-z2-7]{13}$"},
                 "direction": {"enum": ["debit", "credit"]},
                 "amount": {"type": "integer", "minimum": 1},
                 "currency": _CURRENCY,

@@ -6,8 +6,8 @@ import asyncpg
 from aiohttp import web
 
 from .. import validation
-from ..app_keys import SETTINGS_KEY
-from ..ids import entry_public_id, new_id, parse_entry_id, transaction_public_id
+from ..app_keys import PUBLIC_IDS_KEY, SETTINGS_KEY
+from ..ids import new_id
 from ..ledger import _iso, account_view, ensure_system_accounts
 from ..problems import Problem, field_error
 from .common import authenticated, json_response, path_id
@@ -73,9 +73,10 @@ async def list_entries(request: web.Request, conn: asyncpg.Connection, merchant_
     )
     if account is None:
         raise not_found()
+    public_ids = await request.app[PUBLIC_IDS_KEY].load(conn)
     cursor = None
     if "starting_after" in request.query:
-        cursor = parse_entry_id(request.query["starting_after"])
+        cursor = public_ids.decode("ent", request.query["starting_after"])
         if cursor is None or not await conn.fetchval(
             "SELECT true FROM entries WHERE id = $1 AND account_id = $2", cursor, account_id
         ):
@@ -94,10 +95,10 @@ async def list_entries(request: web.Request, conn: asyncpg.Connection, merchant_
     )
     data = [
         {
-            "id": entry_public_id(r["id"]),
+            "id": public_ids.encode("ent", r["id"]),
             "object": "entry",
             "account_id": account_id,
-            "transaction_id": transaction_public_id(r["transaction_id"]),
+            "transaction_id": public_ids.encode("txn", r["transaction_id"]),
             "direction": r["direction"],
             "amount": r["amount"],
             "currency": account["currency"],
