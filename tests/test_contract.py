@@ -190,6 +190,7 @@ def check_agreement(site: Site, ledger_port: int):
         for ledger_var, pg_var in [
             ("ledger_service_database_name", "postgresql_database"),
             ("ledger_service_app_user", "postgresql_app_role"),
+            ("ledger_service_admin_user", "postgresql_admin_role"),
             ("ledger_service_migrator_user", "postgresql_owner_role"),
         ]:
             assert site.value("ledger_service", host, ledger_var) == site.value(
@@ -335,6 +336,7 @@ def test_owner_roles_default_to_the_contract():
         "database_name": "postgresql_database",
         "database_owner": "postgresql_owner_role",
         "database_app_user": "postgresql_app_role",
+        "database_admin_user": "postgresql_admin_role",
         "database_monitor_user": "postgresql_monitor_role",
         "https_port": "edge_listen_port",
         "wireguard_port": "wireguard_port",

@@ -39,3 +39,14 @@ def test_each_unit_renders_the_shared_sandbox(template):
     assert "files/systemd/hardening.j2" in text or "{% include 'hardening.j2' %}" in text, (
         f"{template} renders neither files/systemd/hardening.j2 nor its role's hardening.j2"
     )
+
+
+@pytest.mark.parametrize("template", unit_templates(), ids=str)
+def test_the_line_after_a_role_sandbox_include_is_blank(template):
+    """Ansible's trim_blocks drops the newline after the include, and the
+    sandbox ends without one: a directive or comment on the next line would
+    join its last line (SystemCallFilter)."""
+    lines = (ROOT / template).read_text().splitlines()
+    for number, line in enumerate(lines[:-1]):
+        if line.strip() == "{% include 'hardening.j2' %}":
+            assert lines[number + 1].strip() == "", f"{template}:{number + 2} must be blank"

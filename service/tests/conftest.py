@@ -1,5 +1,5 @@
 """Fixtures: a real PostgreSQL (throwaway cluster unless PAYCORE_TEST_DATABASE_URL is
-set), the schema migrated with a least-privilege runtime role, the app under test."""
+set), the schema migrated with least-privilege runtime and admin roles, the app under test."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from pgcluster import Cluster, free_port
 configuration.set_hypothesis_home_dir(str(Path(__file__).resolve().parents[1] / ".hypothesis"))
 
 APP_ROLE = "paycore_app_test"
+ADMIN_ROLE = "paycore_admin_test"
 TEST_DB = "paycore_test"
 
 
@@ -33,6 +34,7 @@ TEST_DB = "paycore_test"
 class Database:
     owner_url: str
     app_url: str
+    admin_url: str
     cluster: Cluster | None
 
 
@@ -44,24 +46,29 @@ def database() -> Database:
         owner_url = external
         app_url = os.environ.get("PAYCORE_TEST_APP_DATABASE_URL", external)
         role = APP_ROLE if "PAYCORE_TEST_APP_DATABASE_URL" in os.environ else None
+        admin_url = os.environ.get("PAYCORE_TEST_ADMIN_DATABASE_URL", external)
+        admin_role = ADMIN_ROLE if "PAYCORE_TEST_ADMIN_DATABASE_URL" in os.environ else None
     else:
         cluster = Cluster().init()
         cluster.start()
         cluster.psql(f"CREATE DATABASE {TEST_DB}")
         cluster.psql(f"CREATE ROLE {APP_ROLE} LOGIN")
+        cluster.psql(f"CREATE ROLE {ADMIN_ROLE} LOGIN")
         owner_url = cluster.url(database=TEST_DB)
         app_url = cluster.url(user=APP_ROLE, database=TEST_DB)
+        admin_url = cluster.url(user=ADMIN_ROLE, database=TEST_DB)
         role = APP_ROLE
+        admin_role = ADMIN_ROLE
 
     async def setup() -> None:
         conn = await asyncpg.connect(owner_url)
         try:
-            await migrations.migrate(conn, role)
+            await migrations.migrate(conn, role, admin_role=admin_role)
         finally:
             await conn.close()
 
     asyncio.run(setup())
-    yield Database(owner_url, app_url, cluster)
+    yield Database(owner_url, app_url, admin_url, cluster)
     if cluster is not None:
         cluster.destroy()
 
@@ -205,6 +212,12 @@ def cli_env(url: str, **extra: str) -> dict[str, str]:
     env["PAYCORE_DATABASE_URL"] = url
     env.update(extra)
     return env
+
+
+def admin_cli_env(database: Database, **extra: str) -> dict[str, str]:
+    """As on a ledger host: the runtime role's URL, and the admin role's for
+    the admin commands."""
+    return cli_env(database.app_url, PAYCORE_ADMIN_DATABASE_URL=database.admin_url, **extra)
 
 
 def run_cli(

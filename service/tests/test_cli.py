@@ -10,7 +10,7 @@ import uuid
 
 import asyncpg
 import pytest
-from conftest import cli_env, run_cli
+from conftest import admin_cli_env, cli_env, run_cli
 from paycore_ledger import migrations
 
 
@@ -63,7 +63,7 @@ def test_unreachable_database_is_one_line(database):
 def test_database_url_from_file_and_repeated_host(database, tmp_path, serve):
     url_file = tmp_path / "url"
     url_file.write_text(database.app_url + "\n")
-    env = cli_env(database.app_url)
+    env = admin_cli_env(database)
     env.pop("PAYCORE_DATABASE_URL")
     env["PAYCORE_DATABASE_URL_FILE"] = str(url_file)
     assert run_cli(["idempotency", "purge"], env).returncode == 0
@@ -143,7 +143,7 @@ def test_migrate_grants_are_idempotent(database):
 
 async def test_merchants_create_prints_key_once_stored_as_hash(database, client, owner_conn):
     result = run_cli(
-        ["merchants", "create", "--name", f"cli-{uuid.uuid4().hex[:8]}"], cli_env(database.app_url)
+        ["merchants", "create", "--name", f"cli-{uuid.uuid4().hex[:8]}"], admin_cli_env(database)
     )
     assert result.returncode == 0, result.stderr
     created = json.loads(result.stdout)
@@ -155,7 +155,7 @@ async def test_merchants_create_prints_key_once_stored_as_hash(database, client,
 
 
 async def test_merchants_ensure_is_idempotent_and_revoke_works(database, client):
-    env = cli_env(database.app_url)
+    env = admin_cli_env(database)
     name = f"ensure-{uuid.uuid4().hex[:8]}"
     key = "pck_" + uuid.uuid4().hex + uuid.uuid4().hex
     first = run_cli(["merchants", "ensure", "--name", name], env, stdin=key + "\n")
@@ -177,7 +177,7 @@ async def test_merchants_ensure_is_idempotent_and_revoke_works(database, client)
 
 
 async def test_payments_approve_and_reject(database, merchant, owner_conn):
-    env = cli_env(database.app_url)
+    env = admin_cli_env(database)
     account = await merchant.open_account("NGN")
     big = (await merchant.pay(20_000_000)).body
     other = (await merchant.pay(30_000_000)).body
@@ -200,7 +200,7 @@ async def test_payments_approve_and_reject(database, merchant, owner_conn):
 async def test_reconcile_clean_then_detects_tampering(
     database, merchant, owner_conn, tmp_path, client
 ):
-    env = cli_env(database.app_url)
+    env = admin_cli_env(database)
     account = await merchant.open_account()
     await merchant.pay(500)
     textfile = tmp_path / "paycore.prom"
@@ -229,5 +229,5 @@ async def test_reconcile_clean_then_detects_tampering(
 
 async def test_reconcile_unwritable_textfile_is_a_one_line_error(database, tmp_path):
     missing_dir = tmp_path / "no-such-dir" / "paycore.prom"
-    result = run_cli(["reconcile", "--textfile", str(missing_dir)], cli_env(database.app_url))
+    result = run_cli(["reconcile", "--textfile", str(missing_dir)], admin_cli_env(database))
     assert_one_line_error(result, "cannot write the textfile metric")

@@ -145,7 +145,7 @@ async def test_waiter_gets_replay_when_first_commits(merchant, owner_conn):
 
 
 async def test_purge_respects_retention(merchant, owner_conn, database):
-    from conftest import cli_env, run_cli
+    from conftest import admin_cli_env, run_cli
 
     await merchant.open_account()
     await merchant.pay(1, idem="old")
@@ -155,7 +155,7 @@ async def test_purge_respects_retention(merchant, owner_conn, database):
         " WHERE merchant_id = $1 AND key = 'old'",
         merchant.merchant_id,
     )
-    result = run_cli(["idempotency", "purge"], cli_env(database.app_url))
+    result = run_cli(["idempotency", "purge"], admin_cli_env(database))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["deleted"] >= 1
     keys = {

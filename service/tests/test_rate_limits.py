@@ -9,7 +9,7 @@ import uuid
 
 import asyncpg
 import pytest
-from conftest import Api, cli_env, make_settings, run_cli
+from conftest import Api, admin_cli_env, make_settings, run_cli
 from paycore_ledger import merchants
 from paycore_ledger.app import create_app
 from paycore_ledger.app_keys import DB_KEY, RATE_LIMITER_KEY
@@ -176,7 +176,7 @@ async def test_idempotent_replays_count(limited):
 async def test_cli_override_is_honoured_and_can_be_dropped(database, limited):
     _, new = await limited(rate_limit_per_second=1000, rate_limit_burst=1000)
     m = await new()
-    env = cli_env(database.owner_url)
+    env = admin_cli_env(database)
     result = run_cli(
         [
             "merchants",
@@ -214,7 +214,7 @@ async def test_cli_override_is_honoured_and_can_be_dropped(database, limited):
 
 
 def test_cli_refuses_bad_overrides(database):
-    env = cli_env(database.owner_url)
+    env = admin_cli_env(database)
     for args, expected in (
         (["--name", "nobody-such", "--burst", "5"], "no such merchant"),
         (["--name", "x", "--burst", "0"], "--burst must be from 1"),

@@ -9,7 +9,7 @@ import json
 
 import asyncpg
 import pytest
-from conftest import cli_env, run_cli
+from conftest import admin_cli_env, run_cli
 from paycore_ledger import idempotency, ledger, reconcile
 
 
@@ -20,7 +20,7 @@ async def findings(conn: asyncpg.Connection, check: str) -> list[dict]:
 async def test_a_payment_whose_amount_differs_from_its_posting_is_found(
     database, merchant, owner_conn
 ):
-    env = cli_env(database.app_url)
+    env = admin_cli_env(database)
     await merchant.open_account()
     paid = (await merchant.pay(500)).body
     assert run_cli(["reconcile"], env).returncode == 0

@@ -10,7 +10,7 @@ import ipaddress
 import json
 
 import pytest
-from conftest import cli_env, run_cli
+from conftest import admin_cli_env, run_cli
 from paycore_ledger import config
 from paycore_ledger.webhooks import addresses
 from test_api import assert_problem
@@ -138,7 +138,7 @@ def test_http_and_extra_networks_only_by_explicit_setting():
 
 
 async def test_cli_create_list_delete(database, merchant):
-    env = cli_env(database.owner_url)
+    env = admin_cli_env(database)
     args = ["webhooks", "create", "--merchant-id", merchant.merchant_id, "--url", PUBLIC]
     created = run_cli(args, env)
     assert created.returncode == 0, created.stderr

@@ -8,7 +8,7 @@ import uuid
 
 import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import Api, cli_env, make_settings, run_cli
+from conftest import Api, admin_cli_env, make_settings, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paycore_ledger import merchants, reconcile
@@ -121,7 +121,7 @@ def test_reconcile_command_clean_after_everything(database):
             assert (await api.payout(2_000)).status == 201
 
     asyncio.run(post_money())
-    result = run_cli(["reconcile"], cli_env(database.app_url))
+    result = run_cli(["reconcile"], admin_cli_env(database))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] and report["checked"]["transactions"] >= 3

@@ -16,6 +16,7 @@ DEPLOYMENT = "sectest"
 PASSWORDS = [
     "postgresql_migrator_password",
     "postgresql_app_password",
+    "postgresql_admin_password",
     "postgresql_monitor_password",
     "grafana_admin_password",
 ]

@@ -27,7 +27,7 @@ PLATFORMS = {p["name"]: p for p in MOLECULE["platforms"]}
 GATEWAY = "paycore-database_ha-gateway"
 DATABASE_HOSTS = ["paycore-database_ha-db1", "paycore-database_ha-db2"]
 PATRONI = "patronictl -c /etc/patroni/config.yml"
-LEDGER_URL_FILE = "/etc/paycore/ledger-database.url"
+LEDGER_ADMIN_URL_FILE = "/etc/paycore/ledger-admin.url"
 LEDGER_BIN = "/opt/paycore/ledger/bin/paycore-ledger"
 FIGURES = EPHEMERAL / "drills.json"
 
@@ -95,7 +95,7 @@ def psql(container, sql, db="paycore", check=True):
 def reconcile(container):
     return dexec(
         container,
-        f"PAYCORE_DATABASE_URL_FILE={LEDGER_URL_FILE} {LEDGER_BIN} reconcile",
+        f"PAYCORE_ADMIN_DATABASE_URL_FILE={LEDGER_ADMIN_URL_FILE} {LEDGER_BIN} reconcile",
         check=False,
     )
 

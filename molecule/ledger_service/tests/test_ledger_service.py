@@ -65,14 +65,14 @@ def test_database_listens_on_loopback_and_its_address_only():
     assert f"{DB_IP}:5432" in listeners(db, 5432)
 
 
-def test_pg_hba_admits_the_owner_and_runtime_roles_from_the_ledger_host_only():
+def test_pg_hba_admits_the_owner_runtime_and_admin_roles_from_the_ledger_host_only():
     rules = [
         line.split()
         for line in db.file("/etc/postgresql/15/main/pg_hba.conf").content_string.splitlines()
         if line.strip() and not line.startswith("#")
     ]
     remote = [rule for rule in rules if rule[0] == "host" and "paycore_app" in rule[2]]
-    clients = "paycore_owner,paycore_app"
+    clients = "paycore_owner,paycore_app,paycore_admin"
     assert remote == [["host", "paycore", clients, f"{APP_IP}/32", "scram-sha-256"]]
 
 
@@ -89,6 +89,7 @@ def test_ledger_host_connects_with_scram_as_the_runtime_role():
         (app, "paycore_monitor", "postgresql_monitor_password", DB_IP),  # a local-only role
         (db, "paycore_app", "postgresql_app_password", DB_IP),  # not from the ledger host
         (db, "paycore_app", "postgresql_app_password", "127.0.0.1"),  # no local clients here
+        (db, "paycore_admin", "postgresql_admin_password", DB_IP),  # not from the ledger host
     ],
 )
 def test_everything_else_is_refused(host, user, password_var, address):
@@ -163,6 +164,52 @@ def test_reconcile_on_the_ledger_host_checks_the_remote_database():
     metrics = app.file("/var/lib/prometheus/node-exporter/paycore_reconcile.prom").content_string
     assert "paycore_reconcile_ok 1" in metrics
     assert int(db_query("SELECT count(*) FROM reconcile_runs")) >= 1
+
+
+def test_admin_url_is_roots_only_and_the_runtime_role_cannot_administer():
+    admin_file = app.file("/etc/paycore/ledger-admin.url")
+    assert (admin_file.user, admin_file.group, admin_file.mode) == (
+        "root",
+        "paycore-ledger-admin",
+        0o640,
+    )
+    assert "paycore-ledger-admin" not in app.check_output("id paycore-ledger")
+    assert "paycore_admin" in admin_file.content_string
+    assert "paycore_admin" not in app.file("/etc/paycore/ledger-database.url").content_string
+    unread = app.run("runuser -u paycore-ledger -- cat /etc/paycore/ledger-admin.url")
+    assert unread.rc != 0
+    # The runtime role's URL, as the service has it: no new merchants.
+    insert = app.run(
+        'psql -X -At -v ON_ERROR_STOP=1 "$(cat /etc/paycore/ledger-database.url)"'
+        " -c \"INSERT INTO merchants (id, name) VALUES ('mch_molecule_sneaky', 'sneaky')\""
+    )
+    assert insert.rc != 0 and "permission denied for table merchants" in insert.stderr
+    # An admin command with the runtime role's credentials: one line saying which to use.
+    refused = app.run(
+        "set -a; . /etc/paycore/ledger.env; /opt/paycore/ledger/bin/paycore-ledger"
+        " merchants create --name molecule-refused"
+    )
+    assert refused.rc == 1 and "Traceback" not in refused.stderr
+    assert "admin role's credentials" in refused.stderr, refused.stderr
+
+
+def test_an_operator_creates_a_merchant_with_the_admin_command():
+    name = f"molecule-operator-{uuid.uuid4().hex[:8]}"
+    result = app.run(f"paycore-ledger-admin merchants create --name {name}")
+    assert result.rc == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert created["merchant_id"].startswith("mch_") and created["api_key"]
+    status, _ = api_with(created["api_key"], "GET", "/v1/accounts")
+    assert status == 200
+    revoked = app.run(f"paycore-ledger-admin merchants revoke-key {created['key_id']}")
+    assert revoked.rc == 0, revoked.stderr
+    assert api_with(created["api_key"], "GET", "/v1/accounts")[0] == 401
+
+
+def api_with(key, method, path):
+    command = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method]
+    command += ["-H", f"Authorization: Bearer {key}", f"http://127.0.0.1:8080{path}"]
+    return int(app.check_output(shlex.join(command))), None
 
 
 def unit_property(host, unit, name):
@@ -324,6 +371,7 @@ def test_no_secret_in_any_ansible_output():
     secrets = [
         SECRETS["postgresql_migrator_password"],
         SECRETS["postgresql_app_password"],
+        SECRETS["postgresql_admin_password"],
         SECRETS["postgresql_monitor_password"],
         API_KEY,
     ]

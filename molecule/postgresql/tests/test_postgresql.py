@@ -32,6 +32,7 @@ def secrets():
     return {
         "owner": SETTINGS["postgresql_migrator_password"],
         "app": SETTINGS["postgresql_app_password"],
+        "admin": SETTINGS["postgresql_admin_password"],
         "monitor": SETTINGS["postgresql_monitor_password"],
         "keys": [m["api_key"] for m in SETTINGS["ledger_service_bootstrap_merchants"]],
     }
@@ -166,7 +167,7 @@ def test_pg_hba_allows_exactly_the_expected_clients(host):
     assert [
         "host",
         "paycore",
-        "paycore_owner,paycore_app",
+        "paycore_owner,paycore_app,paycore_admin",
         "127.0.0.1/32",
         "scram-sha-256",
     ] in rules
@@ -176,7 +177,11 @@ def test_pg_hba_allows_exactly_the_expected_clients(host):
 
 
 def test_roles_authenticate_with_scram(host, secrets):
-    for user, key in (("paycore_app", "app"), ("paycore_monitor", "monitor")):
+    for user, key in (
+        ("paycore_app", "app"),
+        ("paycore_admin", "admin"),
+        ("paycore_monitor", "monitor"),
+    ):
         assert psql(host, "SELECT 1", user, secrets[key]).stdout.strip() == "1"
     wrong = psql(host, "SELECT 1", "paycore_app", "not-the-password")
     assert wrong.rc != 0 and "password authentication failed" in wrong.stderr
@@ -216,6 +221,8 @@ def test_ledger_env_and_secret_file_permissions(host):
     for path in ("/etc/paycore/ledger.env", "/etc/paycore/ledger-database.url"):
         f = host.file(path)
         assert (f.user, f.group, f.mode) == ("root", "paycore-ledger", 0o640), path
+    admin = host.file("/etc/paycore/ledger-admin.url")
+    assert (admin.user, admin.group, admin.mode) == ("root", "paycore-ledger-admin", 0o640)
     assert host.user("paycore-ledger").shell == "/usr/sbin/nologin"
     assert host.file("/opt/paycore/ledger/bin/paycore-ledger").exists
     # No compiler was needed on the host.
@@ -498,5 +505,11 @@ def test_no_secret_in_any_ansible_output(secrets):
     assert converge >= 0, "the converge is not in the log"
     first_recap = re.search(r"PLAY RECAP.*?changed=(\d+)", log[converge:], re.S)
     assert first_recap and int(first_recap.group(1)) > 0, "the first converge changed nothing?"
-    for value in (secrets["owner"], secrets["app"], secrets["monitor"], *secrets["keys"]):
+    for value in (
+        secrets["owner"],
+        secrets["app"],
+        secrets["admin"],
+        secrets["monitor"],
+        *secrets["keys"],
+    ):
         assert value not in log

@@ -22,6 +22,19 @@ class CommandError(Exception):
     """Fails the command with one line on stderr."""
 
 
+# Commands that connect as the admin role (PAYCORE_ADMIN_DATABASE_URL[_FILE],
+# else PAYCORE_DATABASE_URL[_FILE]); `webhooks deliver` runs as the runtime role.
+ADMIN_COMMANDS = ("merchants", "payments", "reconcile", "idempotency", "webhooks")
+ADMIN_CREDENTIALS_HINT = (
+    "this command needs the admin role's credentials: set PAYCORE_ADMIN_DATABASE_URL_FILE"
+    " (on a ledger host: sudo paycore-ledger-admin ...)"
+)
+
+
+def is_admin_command(args: argparse.Namespace) -> bool:
+    return args.command in ADMIN_COMMANDS and getattr(args, "action", None) != "deliver"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paycore-ledger", description="PayCore ledger service")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -30,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="create or upgrade the schema (safe to re-run)")
     migrate.add_argument(
         "--app-role", help="grant the runtime role its least privileges (or PAYCORE_APP_ROLE)"
+    )
+    migrate.add_argument(
+        "--admin-role", help="grant the admin role its least privileges (or PAYCORE_ADMIN_ROLE)"
     )
 
     serve = sub.add_parser("serve", help="serve the HTTP API")
@@ -136,10 +152,11 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
 
     if args.command == "migrate":
         role = args.app_role or settings.app_role
+        admin_role = args.admin_role or settings.admin_role
 
         async def do_migrate(conn) -> int:
-            applied = await migrations.migrate(conn, role, settings.currencies)
-            _print({"applied": applied, "app_role": role})
+            applied = await migrations.migrate(conn, role, settings.currencies, admin_role)
+            _print({"applied": applied, "app_role": role, "admin_role": admin_role})
             return 0
 
         return asyncio.run(_with_conn(settings, do_migrate))
@@ -287,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
             if overrides:
                 settings = config.Settings(**{**settings.__dict__, **overrides})
             settings.require_database_url()
-        elif args.command != "serve":
+        elif is_admin_command(args):
+            settings = settings.as_admin()
+        else:
             settings.require_database_url()
     except config.ConfigError as exc:
         sys.stderr.write(f"paycore-ledger: configuration error: {exc}\n")
@@ -316,9 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         known = CommandError | ReviewError | MerchantError | MigrationError | asyncpg.PostgresError
         if not isinstance(exc, known):
             log.exception("command failed")
-        sys.stderr.write(
-            f"paycore-ledger: {_reason(exc) if not isinstance(exc, CommandError) else exc}\n"
-        )
+        message = _reason(exc) if not isinstance(exc, CommandError) else str(exc)
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError) and is_admin_command(args):
+            message = f"{message}; {ADMIN_CREDENTIALS_HINT}"
+        sys.stderr.write(f"paycore-ledger: {message}\n")
         return 1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -46,6 +46,10 @@ class Settings:
     reconcile_timeout_ms: int = 3_600_000
     shutdown_timeout_s: float = 30.0
     app_role: str | None = None
+    admin_role: str | None = None
+    # The admin role's URL (PAYCORE_ADMIN_DATABASE_URL[_FILE]): the CLI's
+    # admin commands connect with it when set (cli.ADMIN_COMMANDS).
+    admin_database_url: str | None = None
     # Group commit of payments (batching.py): at most this many per call and
     # commit (1: one call and one commit per request) ...
     post_batch_max: int = DEFAULT_POST_BATCH_MAX
@@ -77,6 +81,16 @@ class Settings:
             raise ConfigError("PAYCORE_DATABASE_URL (or PAYCORE_DATABASE_URL_FILE) is not set")
         return self.database_url
 
+    def as_admin(self) -> Settings:
+        """These settings with the admin URL, or the only URL there is (the
+        owner's in development, a superuser's in the restore check)."""
+        url = self.admin_database_url or self.database_url
+        if not url:
+            raise ConfigError(
+                "PAYCORE_ADMIN_DATABASE_URL or PAYCORE_DATABASE_URL (or their _FILE) is not set"
+            )
+        return replace(self, database_url=url)
+
 
 def _int(env: dict[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
     raw = env.get(name, "").strip()
@@ -91,22 +105,20 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int, maximum: in
     return value
 
 
-def _database_url(env: dict[str, str]) -> str | None:
-    url = env.get("PAYCORE_DATABASE_URL", "").strip()
-    path = env.get("PAYCORE_DATABASE_URL_FILE", "").strip()
+def _database_url(env: dict[str, str], name: str = "PAYCORE_DATABASE_URL") -> str | None:
+    url = env.get(name, "").strip()
+    path = env.get(f"{name}_FILE", "").strip()
     if url and path:
-        raise ConfigError("set PAYCORE_DATABASE_URL or PAYCORE_DATABASE_URL_FILE, not both")
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
     if path:
         try:
             url = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(
-                f"PAYCORE_DATABASE_URL_FILE: cannot read {path}: {exc.strerror}"
-            ) from None
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
         if not url:
-            raise ConfigError(f"PAYCORE_DATABASE_URL_FILE: {path} is empty")
+            raise ConfigError(f"{name}_FILE: {path} is empty")
     if url:
-        check_database_url(url, "PAYCORE_DATABASE_URL_FILE" if path else "PAYCORE_DATABASE_URL")
+        check_database_url(url, f"{name}_FILE" if path else name)
     return url or None
 
 
@@ -261,6 +273,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
     if pool_min > pool_max:
         raise ConfigError(f"PAYCORE_DB_POOL_MIN={pool_min} exceeds PAYCORE_DB_POOL_MAX={pool_max}")
     app_role = env.get("PAYCORE_APP_ROLE", "").strip() or None
+    admin_role = env.get("PAYCORE_ADMIN_ROLE", "").strip() or None
     webhook_timeout = _int(env, "PAYCORE_WEBHOOK_TIMEOUT_SECONDS", 10, 1, 60)
     webhook_lease = _int(env, "PAYCORE_WEBHOOK_LEASE_SECONDS", 60, 2, 3600)
     if webhook_lease <= webhook_timeout:
@@ -270,6 +283,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         )
     return Settings(
         database_url=_database_url(env),
+        admin_database_url=_database_url(env, "PAYCORE_ADMIN_DATABASE_URL"),
         hosts=_hosts(env),
         port=_int(env, "PAYCORE_PORT", 8080, 0, 65535),
         workers=_int(env, "PAYCORE_WORKERS", os.cpu_count() or 1, 1, 256),
@@ -293,6 +307,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         reconcile_timeout_ms=_int(env, "PAYCORE_RECONCILE_TIMEOUT_MS", 3_600_000, 1000, 86_400_000),
         shutdown_timeout_s=float(_int(env, "PAYCORE_SHUTDOWN_TIMEOUT", 30, 1, 3600)),
         app_role=app_role,
+        admin_role=admin_role,
         post_batch_max=_int(env, "PAYCORE_POST_BATCH_MAX", DEFAULT_POST_BATCH_MAX, 1, 1000),
         post_batch_window_us=_int(
             env, "PAYCORE_POST_BATCH_WINDOW_US", DEFAULT_POST_BATCH_WINDOW_US, 0, 100_000

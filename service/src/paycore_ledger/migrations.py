@@ -24,16 +24,21 @@ _CONCURRENT_INDEX_RE = re.compile(
     re.IGNORECASE,
 )
 
-# Least privileges of the runtime role: no UPDATE/DELETE on the journal, no
-# UPDATE on accounts (balances change only through the entries trigger) and no
-# INSERT of its balance column (accounts open at 0; sql/0005 also enforces
-# that for every role), no DDL. Each statement is idempotent.
+# Least privileges of the runtime role (the HTTP service and the webhook
+# delivery worker): no UPDATE/DELETE on the journal, no UPDATE on accounts
+# (balances change only through the entries trigger) and no INSERT of its
+# balance column (accounts open at 0; sql/0005 also enforces that for every
+# role), no DDL, and nothing only the admin commands need (ADMIN_GRANTS).
+# Each statement is idempotent.
 RUNTIME_GRANTS = (
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT ON schema_migrations TO {role}",
-    "GRANT SELECT, INSERT ON merchants TO {role}",
-    "GRANT SELECT, INSERT ON api_keys TO {role}",
-    "GRANT UPDATE (revoked_at) ON api_keys TO {role}",
+    # Earlier releases let it create merchants and keys and record reconcile
+    # runs; a table-level REVOKE also revokes the column grants.
+    "REVOKE INSERT ON merchants FROM {role}",
+    "GRANT SELECT ON merchants TO {role}",
+    "REVOKE INSERT, UPDATE ON api_keys FROM {role}",
+    "GRANT SELECT ON api_keys TO {role}",
     "GRANT SELECT ON accounts TO {role}",
     # A table-level INSERT (granted by earlier releases) covers every column:
     # revoke it (this also revokes column grants), then grant the columns.
@@ -41,15 +46,19 @@ RUNTIME_GRANTS = (
     "GRANT INSERT (id, kind, merchant_id, currency, shard) ON accounts TO {role}",
     "GRANT SELECT, INSERT ON journal_transactions TO {role}",
     "GRANT SELECT, INSERT ON entries TO {role}",
+    # Refunds only; approving or rejecting a payment under review is the admin's.
+    "REVOKE UPDATE ON payments FROM {role}",
     "GRANT SELECT, INSERT ON payments TO {role}",
-    "GRANT UPDATE (status, amount_refunded, transaction_id, updated_at) ON payments TO {role}",
+    "GRANT UPDATE (amount_refunded, updated_at) ON payments TO {role}",
     "GRANT SELECT, INSERT ON refunds TO {role}",
     "GRANT SELECT, INSERT ON payouts TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO {role}",
-    "GRANT SELECT, INSERT ON reconcile_runs TO {role}",
+    # Read for /metrics; reconcile (the admin's) records the runs.
+    "REVOKE INSERT ON reconcile_runs FROM {role}",
+    "GRANT SELECT ON reconcile_runs TO {role}",
     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
     "GRANT EXECUTE ON FUNCTION ledger_lock_accounts(text[]) TO {role}",
-    # The rate limit state only; the overrides (per_second, burst) are the CLI's.
+    # The rate limit state only; the overrides (per_second, burst) are the admin's.
     "GRANT SELECT, UPDATE (tat_us, last_granted) ON merchant_rate_limits TO {role}",
     # Events are written only by the triggers of sql/0011 (as the owner).
     "GRANT SELECT ON events TO {role}",
@@ -60,6 +69,34 @@ RUNTIME_GRANTS = (
     "GRANT UPDATE (state, attempts, next_attempt_at, finished_at) ON webhook_deliveries TO {role}",
     "GRANT SELECT, INSERT ON webhook_attempts TO {role}",
     "GRANT SELECT ON public_id_key TO {role}",
+)
+
+# Least privileges of the admin role (the CLI's merchants, payments,
+# reconcile, idempotency purge and webhooks create|list|delete): exactly
+# what those commands write and read, no DDL. Each statement is idempotent.
+ADMIN_GRANTS = (
+    "GRANT USAGE ON SCHEMA public TO {role}",
+    "GRANT SELECT ON schema_migrations TO {role}",
+    # merchants create|ensure|list|revoke-key (the rate limit row of a new
+    # merchant is inserted by a SECURITY DEFINER trigger).
+    "GRANT SELECT, INSERT ON merchants TO {role}",
+    "GRANT SELECT, INSERT ON api_keys TO {role}",
+    "GRANT UPDATE (revoked_at) ON api_keys TO {role}",
+    # merchants rate-limit: the overrides, not the service's state.
+    "GRANT SELECT, UPDATE (per_second, burst) ON merchant_rate_limits TO {role}",
+    # payments approve (posts the journal transaction) and reject.
+    "GRANT SELECT ON accounts TO {role}",
+    "GRANT SELECT, INSERT ON journal_transactions TO {role}",
+    "GRANT SELECT, INSERT ON entries TO {role}",
+    "GRANT SELECT, UPDATE (status, transaction_id, updated_at) ON payments TO {role}",
+    # reconcile reads these (and the above) and records its run.
+    "GRANT SELECT ON refunds, payouts TO {role}",
+    "GRANT SELECT, INSERT ON reconcile_runs TO {role}",
+    # idempotency purge
+    "GRANT SELECT, DELETE ON idempotency_keys TO {role}",
+    # webhooks create|list|delete (a delete cascades as the owner).
+    "GRANT SELECT, INSERT, DELETE ON webhook_endpoints TO {role}",
+    "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
 )
 
 
@@ -109,6 +146,7 @@ async def migrate(
     conn: asyncpg.Connection,
     app_role: str | None = None,
     currencies: tuple[str, ...] | list[str] = (),
+    admin_role: str | None = None,
 ) -> list[int]:
     """Apply pending migrations; returns the versions applied. Safe to run concurrently.
 
@@ -152,6 +190,8 @@ async def migrate(
         await ensure_all_system_accounts(conn, currencies)
         if app_role:
             await grant_runtime(conn, app_role)
+        if admin_role:
+            await grant_admin(conn, admin_role)
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
@@ -215,12 +255,20 @@ async def ensure_all_system_accounts(
 
 
 async def grant_runtime(conn: asyncpg.Connection, role: str) -> None:
+    await _grant(conn, role, RUNTIME_GRANTS, "application")
+
+
+async def grant_admin(conn: asyncpg.Connection, role: str) -> None:
+    await _grant(conn, role, ADMIN_GRANTS, "admin")
+
+
+async def _grant(conn: asyncpg.Connection, role: str, grants: tuple[str, ...], what: str) -> None:
     exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
     if not exists:
-        raise MigrationError(f"application role {role!r} does not exist")
+        raise MigrationError(f"{what} role {role!r} does not exist")
     quoted = await conn.fetchval("SELECT quote_ident($1)", role)
     async with conn.transaction():
-        for statement in RUNTIME_GRANTS:
+        for statement in grants:
             await conn.execute(statement.format(role=quoted))
 
 
