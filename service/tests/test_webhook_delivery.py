@@ -141,16 +141,22 @@ async def register(api: Api, url: str) -> dict:
     return r.body
 
 
+async def merchant_with_receiver(settings, aiohttp_client, new_merchant):
+    """A new merchant calling the service under `settings`, and a receiver
+    (not listening yet) registered as its endpoint: (api, receiver, endpoint)."""
+    api = await new_merchant()
+    api.client = await aiohttp_client(create_app(settings))
+    receiver = Receiver(free_port())
+    endpoint = await register(api, receiver.url)
+    receiver.secret = endpoint["secret"]
+    return api, receiver, endpoint
+
+
 async def test_receiver_down_then_back_gets_every_event_once_verified_and_in_state_order(
     database, aiohttp_client, new_merchant, owner_conn
 ):
     settings = hook_settings(database.app_url)
-    client = await aiohttp_client(create_app(settings))
-    api = await new_merchant()
-    api.client = client
-    receiver = Receiver(free_port())
-    endpoint = await register(api, receiver.url)
-    receiver.secret = endpoint["secret"]
+    api, receiver, endpoint = await merchant_with_receiver(settings, aiohttp_client, new_merchant)
     await api.open_account("USD")
     try:
         async with running(delivery.Worker(settings)):
@@ -169,7 +175,7 @@ async def test_receiver_down_then_back_gets_every_event_once_verified_and_in_sta
                 return len(rows) == 10 and all(r["recorded"] >= 2 for r in rows)
 
             await wait_for(retried, what="two failed attempts per delivery")
-            metrics = await (await client.get("/metrics")).text()
+            metrics = await (await api.client.get("/metrics")).text()
             assert "paycore_webhook_deliveries_pending 10" in metrics
             assert "paycore_webhook_failing_endpoints 1" in metrics
 
@@ -224,7 +230,7 @@ async def test_receiver_down_then_back_gets_every_event_once_verified_and_in_sta
         endpoint["id"],
     )
     assert health["consecutive_failures"] == 0 and health["last_success_at"] is not None
-    metrics = await (await client.get("/metrics")).text()
+    metrics = await (await api.client.get("/metrics")).text()
     assert "paycore_webhook_deliveries_pending 0" in metrics
 
 
@@ -232,12 +238,7 @@ async def test_a_worker_killed_mid_delivery_leaves_it_to_be_delivered_again(
     database, aiohttp_client, new_merchant, owner_conn
 ):
     settings = hook_settings(database.app_url, webhook_lease_seconds=3.0)
-    client = await aiohttp_client(create_app(settings))
-    api = await new_merchant()
-    api.client = client
-    receiver = Receiver(free_port())
-    endpoint = await register(api, receiver.url)
-    receiver.secret = endpoint["secret"]
+    api, receiver, endpoint = await merchant_with_receiver(settings, aiohttp_client, new_merchant)
     receiver.hold = True
     await receiver.up()
     await api.open_account("NGN")
@@ -287,12 +288,7 @@ async def test_the_address_is_checked_again_at_delivery_and_retries_end_after_th
     recorded as refused, and once the retry window has passed the delivery
     is failed."""
     allowed = hook_settings(database.app_url)
-    client = await aiohttp_client(create_app(allowed))
-    api = await new_merchant()
-    api.client = client
-    receiver = Receiver(free_port())
-    endpoint = await register(api, receiver.url)
-    receiver.secret = endpoint["secret"]
+    api, receiver, endpoint = await merchant_with_receiver(allowed, aiohttp_client, new_merchant)
     await receiver.up()
     await api.open_account("NGN")
     await api.pay(777)
