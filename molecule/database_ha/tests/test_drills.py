@@ -20,6 +20,7 @@ from conftest import (
     EPHEMERAL,
     GATEWAY,
     PATRONI,
+    PROJECT,
     SETTINGS,
     Traffic,
     dexec,
@@ -467,8 +468,13 @@ def test_no_secret_in_any_ansible_output():
         assert value not in log
 
 
-def test_figures():
-    """All the drill figures in one place (drills.json)."""
+def test_figures(capsys):
+    """All the drill figures in one place: printed into the scenario's log and
+    kept beside it (.cache/database_ha-drills.json) after destroy."""
     figures = json.loads((EPHEMERAL / "drills.json").read_text())
-    print(json.dumps(figures, indent=2, sort_keys=True))
+    text = json.dumps(figures, indent=2, sort_keys=True)
+    (PROJECT / ".cache").mkdir(exist_ok=True)
+    (PROJECT / ".cache" / "database_ha-drills.json").write_text(text + "\n")
+    with capsys.disabled():
+        print(f"\ndrill figures:\n{text}")
     assert {"drill1_failover", "drill2_rejoin", "drill3_pitr", "drill4_rebuild"} <= set(figures)
