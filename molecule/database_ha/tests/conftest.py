@@ -270,16 +270,23 @@ class Traffic:
             thread.join(timeout=30)
 
 
-@pytest.fixture(scope="session")
-def merchant(tmp_path_factory):
-    ca_file = tmp_path_factory.mktemp("edge") / "edge.crt"
+def edge_merchant(directory):
+    """The scenario's merchant, calling the API through the gateway's TLS edge
+    (the edge's certificate is kept in `directory`)."""
+    ca_file = Path(directory) / "edge.crt"
     ca_file.write_text(dexec(GATEWAY, "cat /etc/nginx/tls/edge.crt").stdout)
     address = PLATFORMS[GATEWAY]["networks"][0]["ipv4_address"]
     api_key = SETTINGS["ledger_service_bootstrap_merchants"][0]["api_key"]
     result = Merchant(f"https://{address}", SETTINGS["edge_server_name"], str(ca_file), api_key)
     session = result.session()
-    # The account payments go to (it exists already after a restore); the API
-    # may be down, left so by a drill that brings it back.
+    # The account payments go to (it exists already after a restore, or
+    # from before the conversion); the API may be down, left so by a drill
+    # that brings it back.
     with contextlib.suppress(requests.RequestException):
         session.post(f"{result.base}/v1/accounts", json={"currency": "GBP"}, timeout=15)
     return result
+
+
+@pytest.fixture(scope="session")
+def merchant(tmp_path_factory):
+    return edge_merchant(tmp_path_factory.mktemp("edge"))

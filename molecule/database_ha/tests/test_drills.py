@@ -19,6 +19,8 @@ from conftest import (
     DATABASE_HOSTS,
     EPHEMERAL,
     GATEWAY,
+    PATRONI,
+    PROJECT,
     SETTINGS,
     Traffic,
     dexec,
@@ -82,6 +84,20 @@ def assert_exactly_once(payments, amounts):
     assert count == len(set(amounts.values())), (count, len(amounts))
 
 
+def replication_lag(container):
+    """How far the standby's disk is behind the leader's WAL: bytes, seconds.
+    Under synchronous_mode the commits in that gap are not answered yet; an
+    asynchronous standby (paycore_database_synchronous: false) lags as much,
+    and a failover at that instant would lose them acknowledged."""
+    row = psql(
+        container,
+        "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)), 0)::bigint"
+        " || ' ' || coalesce(max(extract(epoch FROM flush_lag)), 0) FROM pg_stat_replication",
+    )
+    size, seconds = row.split()
+    return int(size), float(seconds)
+
+
 def assert_reconciles():
     done = reconcile(leader())
     assert done.returncode == 0, done.stdout + done.stderr
@@ -116,6 +132,51 @@ def test_cluster_is_highly_available():
     assert archived == "t"
 
 
+def test_the_single_host_site_kept_its_data_through_the_conversion(merchant):
+    """docs/backup-restore.md, "From one host to two", steps 2 to 4 (the converge,
+    on the single-host site prepare.yml deployed): every payment taken before
+    is in the ledger with its amount, its key still answers with it, reconcile
+    is clean, payments are taken after, and the old server cannot start again."""
+    before = json.loads((EPHEMERAL / "single-host-payments.json").read_text())
+    assert len(before) == 20, before
+    # Step 4, as the page says it.
+    listed = dexec(DATABASE_HOSTS[0], f"{PATRONI} list").stdout
+    assert "| Leader" in listed and "| Sync Standby" in listed, listed
+    expected = {p["payment"]: p["amount"] for p in before.values()}
+    assert stored(expected) == expected
+    session = merchant.session()
+    for key, taken in before.items():
+        answer = merchant.get(session, f"/v1/payments/{taken['payment']}")
+        assert answer.status_code == 200, (key, answer.status_code, answer.text)
+        assert answer.json()["amount"] == taken["amount"], (key, answer.json())
+        again = merchant.pay(session, key=key, amount=taken["amount"])
+        assert (again.status, again.payment) == (201, taken["payment"]), key
+    assert_reconciles()
+    after = [merchant.pay(session) for _ in range(5)]
+    assert [c.status for c in after] == [201] * 5
+    assert set(stored(c.payment for c in after)) == {c.payment for c in after}
+    # The host that held the data: its old cluster disabled, and wanted by
+    # nothing at boot (drill 2 boots the killed leader again).
+    took_over = "paycore-database_ha-db1"
+    start = dexec(took_over, "grep -v '^#' /etc/postgresql/15/main.before-patroni/start.conf")
+    assert start.stdout.strip() == "disabled"
+    wanted = "ls /run/systemd/generator/postgresql.service.wants/ 2>/dev/null || true"
+    wants = dexec(took_over, wanted)
+    assert wants.stdout.strip() == ""
+    record(
+        "single_host_conversion",
+        {"payments_before": len(before), "present_after": len(expected), "taken_after": len(after)},
+    )
+
+
+def test_slow_queries_are_tracked_on_every_member():
+    """pg_stat_statements is preloaded under Patroni as it was on the single
+    server Patroni took over (postgres-exporter reads it on the leader)."""
+    for member in DATABASE_HOSTS:
+        assert "pg_stat_statements" in psql(member, "SHOW shared_preload_libraries")
+    assert int(psql(leader(), "SELECT count(*) FROM pg_stat_statements")) > 0
+
+
 def test_patroni_serves_the_families_the_dashboards_use():
     """What the dashboards and the rules read from Patroni and etcd, they serve."""
     served = set()
@@ -140,6 +201,9 @@ def test_drill1_leader_killed_under_traffic(merchant):
             0.5,
             "20 payments before the kill",
         )
+        # The exposure of the asynchronous choice, under this traffic: how far
+        # the standby trails the leader (docs/backup-restore.md, its RPO).
+        lags = [replication_lag(victim) for _ in range(10)]
         acknowledged_before = [c for c in merchant.calls if c.status == 201]
         issued = time.monotonic()
         run("docker", "kill", victim)
@@ -180,6 +244,19 @@ def test_drill1_leader_killed_under_traffic(merchant):
     amounts = {c.key: c.amount for c in calls}
     assert_exactly_once(payments, amounts)
     record("drill1_payments", {"keys": len(payments), "lost": 0, "doubled": 0})
+    span = max(c.ended for c in acknowledged_before) - min(c.started for c in acknowledged_before)
+    rate = len(acknowledged_before) / span if span > 0 else 0.0
+    worst = max(seconds for _, seconds in lags)
+    record(
+        "async_rpo_estimate",
+        {
+            "standby_behind_bytes_max": max(size for size, _ in lags),
+            "standby_behind_seconds_max": round(worst, 4),
+            "samples": len(lags),
+            "payments_per_second": round(rate, 1),
+            "payments_at_risk_at_that_rate": round(worst * rate, 2),
+        },
+    )
     assert_reconciles()
     assert leader() != victim
     STATE["victim"] = victim
@@ -391,8 +468,13 @@ def test_no_secret_in_any_ansible_output():
         assert value not in log
 
 
-def test_figures():
-    """All the drill figures in one place (drills.json)."""
+def test_figures(capsys):
+    """All the drill figures in one place: printed into the scenario's log and
+    kept beside it (.cache/database_ha-drills.json) after destroy."""
     figures = json.loads((EPHEMERAL / "drills.json").read_text())
-    print(json.dumps(figures, indent=2, sort_keys=True))
+    text = json.dumps(figures, indent=2, sort_keys=True)
+    (PROJECT / ".cache").mkdir(exist_ok=True)
+    (PROJECT / ".cache" / "database_ha-drills.json").write_text(text + "\n")
+    with capsys.disabled():
+        print(f"\ndrill figures:\n{text}")
     assert {"drill1_failover", "drill2_rejoin", "drill3_pitr", "drill4_rebuild"} <= set(figures)
