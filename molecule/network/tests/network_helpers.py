@@ -83,6 +83,11 @@ def ping(host, address):
     return host.run(f"ping -c 1 -W 2 {address}").rc == 0
 
 
+def connects(host, address, port):
+    """A TCP connection from `host` to address:port succeeds within 5 s."""
+    return host.run(f"timeout 5 bash -c '</dev/tcp/{address}/{port}'").rc == 0
+
+
 def docker(*args):
     subprocess.run(["docker", *args], check=True, capture_output=True, text=True)
 

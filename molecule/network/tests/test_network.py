@@ -32,6 +32,7 @@ from network_helpers import (
     PORT_SCAN,
     apply_role,
     both_backends_serve,
+    connects,
     curl,
     docker,
     gateway,
@@ -581,10 +582,16 @@ def test_exposure_from_the_gateway():
             f"SCAN_WINDOW=1024 SCAN_TIMEOUT=1.0 python3 /tmp/scan.py {' '.join(targets)}"
         )
     )
-    assert found == {
-        PEER_WG: {"open": [8080], "closed": 0, "filtered": 65534},
-        PEER2_WG: {"open": [8080], "closed": 0, "filtered": 65534},
-    }
+    for address in targets:
+        # Nothing open but the ledger port, nothing closed: the rest filtered.
+        assert set(found[address]["open"]) <= {8080}, found
+        assert found[address]["closed"] == 0, found
+        assert len(found[address]["open"]) + found[address]["filtered"] == 65535, found
+        if not found[address]["open"]:
+            # Under load the userspace tunnel drops a probe now and then (one
+            # SYN per port, no retry), which reads as filtered: a connection
+            # tells whether the ledger port is open after all.
+            assert wait_for(lambda a=address: connects(gateway, a, 8080), 20, 2), found
     # The monitoring host still scrapes both (Prometheus's own view).
     targets = json.loads(http_get(peer, "http://127.0.0.1:9090/api/v1/targets"))
     health = {
