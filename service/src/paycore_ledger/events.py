@@ -20,7 +20,7 @@ import asyncpg
 
 from .ledger import _iso
 from .listing import Listing
-from .maintenance import run_alone
+from .maintenance import delete_in_batches, run_alone
 
 TYPES = (
     "payment.succeeded",
@@ -79,16 +79,10 @@ PURGE_LOCK = 0x7061796576656E74
 
 
 async def purge(conn: asyncpg.Connection, retention_days: int) -> int | None:
-    """Delete events older than the retention; returns how many, or None when
-    another purge is running. Batches of PURGE_BATCH, each its own statement
-    and commit (as idempotency.purge)."""
-
-    async def in_batches() -> int:
-        deleted = 0
-        while True:
-            batch = int((await conn.execute(_PURGE, retention_days, PURGE_BATCH)).split()[-1])
-            deleted += batch
-            if batch < PURGE_BATCH:
-                return deleted
-
-    return await run_alone(conn, PURGE_LOCK, in_batches)
+    """Delete events older than the retention, PURGE_BATCH at a time; returns
+    how many, or None when another purge is running."""
+    return await run_alone(
+        conn,
+        PURGE_LOCK,
+        lambda: delete_in_batches(conn, _PURGE, retention_days, batch=PURGE_BATCH),
+    )

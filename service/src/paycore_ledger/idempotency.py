@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from .ledger import Outcome, Refusal
-from .maintenance import run_alone
+from .maintenance import delete_in_batches, run_alone
 from .problems import PROBLEM_CONTENT_TYPE, Problem
 
 MAX_ATTEMPTS = 3
@@ -157,32 +157,21 @@ def in_use() -> Problem:
 PURGE_BATCH = 5000
 # The purge's advisory lock ("payidemp"): one at a time, whichever host starts it.
 PURGE_LOCK = 0x7061796964656D70
+_PURGE = """
+DELETE FROM idempotency_keys
+ WHERE (merchant_id, key) IN (
+       SELECT merchant_id, key FROM idempotency_keys
+        WHERE created_at < now() - make_interval(hours => $1)
+          AND state = 'completed'
+        LIMIT $2)
+"""
 
 
 async def purge(conn: asyncpg.Connection, retention_hours: int) -> int | None:
-    """Delete completed keys older than the retention; returns how many, or
-    None when another purge is running. Batches of PURGE_BATCH keys, each its
-    own statement and commit, so a backlog of millions stays within the
-    statement timeout and never holds row locks for long."""
-
-    async def in_batches() -> int:
-        deleted = 0
-        while True:
-            result = await conn.execute(
-                """
-                DELETE FROM idempotency_keys
-                 WHERE (merchant_id, key) IN (
-                       SELECT merchant_id, key FROM idempotency_keys
-                        WHERE created_at < now() - make_interval(hours => $1)
-                          AND state = 'completed'
-                        LIMIT $2)
-                """,
-                retention_hours,
-                PURGE_BATCH,
-            )
-            batch = int(result.split()[-1])
-            deleted += batch
-            if batch < PURGE_BATCH:
-                return deleted
-
-    return await run_alone(conn, PURGE_LOCK, in_batches)
+    """Delete completed keys older than the retention, PURGE_BATCH at a time;
+    returns how many, or None when another purge is running."""
+    return await run_alone(
+        conn,
+        PURGE_LOCK,
+        lambda: delete_in_batches(conn, _PURGE, retention_hours, batch=PURGE_BATCH),
+    )

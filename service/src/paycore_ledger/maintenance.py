@@ -20,3 +20,16 @@ async def run_alone(
         return await job()
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", lock_id)
+
+
+async def delete_in_batches(conn: asyncpg.Connection, statement: str, *args, batch: int) -> int:
+    """Run `statement`, a DELETE of at most `batch` rows, each time its own
+    statement and commit, until it deletes fewer: a backlog of millions stays
+    within the statement timeout and never holds row locks for long. Returns
+    how many rows went."""
+    deleted = 0
+    while True:
+        done = int((await conn.execute(statement, *args, batch)).split()[-1])
+        deleted += done
+        if done < batch:
+            return deleted
