@@ -8,7 +8,7 @@ import json
 import sys
 import tempfile
 
-from conftest import EPHEMERAL, edge_merchant, reconcile
+from conftest import DATABASE_HOSTS, EPHEMERAL, edge_merchant, reconcile
 
 BEFORE = EPHEMERAL / "single-host-payments.json"
 COUNT = 20
@@ -29,7 +29,7 @@ def main():
                 answer = call.status or "no answer"
                 sys.exit(f"payment {call.key} on the single-host site: HTTP {answer}")
             taken[call.key] = {"payment": call.payment, "amount": call.amount}
-    done = reconcile("paycore-database_ha-db1")
+    done = reconcile(DATABASE_HOSTS[0])
     if done.returncode != 0:
         sys.exit(f"reconcile on the single-host site:\n{done.stdout}\n{done.stderr}")
     BEFORE.write_text(json.dumps(taken, indent=2, sort_keys=True))

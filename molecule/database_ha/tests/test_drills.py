@@ -157,7 +157,7 @@ def test_the_single_host_site_kept_its_data_through_the_conversion(merchant):
     assert set(stored(c.payment for c in after)) == {c.payment for c in after}
     # The host that held the data: its old cluster disabled, and wanted by
     # nothing at boot (drill 2 boots the killed leader again).
-    took_over = "paycore-database_ha-db1"
+    took_over = DATABASE_HOSTS[0]  # the single-host site's database host
     start = dexec(took_over, "grep -v '^#' /etc/postgresql/15/main.before-patroni/start.conf")
     assert start.stdout.strip() == "disabled"
     wanted = "ls /run/systemd/generator/postgresql.service.wants/ 2>/dev/null || true"
