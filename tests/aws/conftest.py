@@ -107,12 +107,15 @@ def aws(endpoint_url: str) -> Callable[[str], object]:
 
 @pytest.fixture(scope="session")
 def base_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for ansible-playbook: no AWS settings from the caller, no IMDS."""
+    """Environment for ansible-playbook: no AWS or Ansible settings from the
+    caller but its strategy (Mitogen's, under scripts/mitogen.sh: each run
+    then imports boto3 once, not once per task), no IMDS."""
     home = tmp_path_factory.mktemp("ansible-home")
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("AWS_", "ANSIBLE_", "BOTO"))
+        or key in ("ANSIBLE_STRATEGY", "ANSIBLE_STRATEGY_PLUGINS")
     }
     env.update(
         {
