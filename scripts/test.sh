@@ -44,6 +44,18 @@ stamp_lines() {
 
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$timings"; }
 
+# A few lines that say why a failed part failed, kept in .cache/why-<part>.txt
+# and printed again at the very end of the run, where a CI log's tail shows
+# them: pytest's failed tests, else Ansible's failed tasks, else the log's tail.
+why_failed() {
+    local part=$1 log=$2 reasons
+    reasons=$(sed 's/\x1b\[[0-9;]*m//g; s/^[0-9]\{10\} //' "$log" | grep -E '^(FAILED|ERROR) ' | tail -n 8)
+    [[ -n $reasons ]] || reasons=$(sed 's/\x1b\[[0-9;]*m//g; s/^[0-9]\{10\} //' "$log" \
+        | grep -E '^(TASK \[|fatal:|failed:)' | grep -B1 -E '^(fatal|failed):' | tail -n 4)
+    [[ -n $reasons ]] || reasons=$(tail -n 5 "$log")
+    cut -c1-400 <<< "$reasons" > ".cache/why-$part.txt"
+}
+
 # pytest exits 5 when it collected nothing: that is a failure of the suite here,
 # because each suite below is expected to hold tests. Output goes to
 # .cache/pytest-<name>.log; the last line says how the suite ended.
@@ -59,6 +71,7 @@ run_pytest() {
         ((rc == 5)) && echo "pytest collected no tests in $name" >> ".cache/pytest-$name.log"
         echo "    pytest $name FAILED in $((SECONDS - start)) s; last lines of its log:"
         tail -n 60 ".cache/pytest-$name.log" | sed 's/^/    | /'
+        why_failed "pytest-$name" ".cache/pytest-$name.log"
     fi
     return "$rc"
 }
@@ -78,11 +91,13 @@ run_scenario() {
     if ((rc != 0)); then
         echo "    molecule $scenario FAILED in $((SECONDS - start)) s; last lines of its log:"
         tail -60 "$log" | sed 's/^/    | /'
+        why_failed "molecule-$scenario" "$log"
         return 1
     fi
     if changes=$(check_mode_changes "$log"); then
         echo "    molecule $scenario FAILED: --check on the converged hosts reported changes:"
         sed 's/^/    | /' <<< "$changes"
+        echo "--check reported changes: $changes" > ".cache/why-molecule-$scenario.txt"
         return 1
     fi
     echo "    molecule $scenario passed in $((SECONDS - start)) s"
@@ -101,7 +116,18 @@ print_timings() {
     .venv/bin/python scripts/timings.py .cache "$budget" $((SECONDS - start_all))
 }
 
+print_why() {
+    local why
+    for why in .cache/why-*.txt; do
+        [[ -f $why ]] || continue
+        why=${why#.cache/why-}
+        echo "==> why ${why%.txt} failed (its log: .cache/${why%.txt}.log)"
+        sed 's/^/    | /' ".cache/why-$why"
+    done
+}
+
 : > "$timings"
+rm -f .cache/why-*.txt
 
 # One scenario, one step: the inner loop, no lint or test suites.
 if [[ -n $step ]]; then
@@ -115,6 +141,7 @@ if [[ -n $only_scenario ]]; then
     run_scenario "$only_scenario"
     rc=$?
     print_timings
+    print_why
     exit "$rc"
 fi
 
@@ -180,6 +207,7 @@ esac
 cat .cache/pytest-summary.log
 
 print_timings
+print_why
 if ((${#failed[@]})); then
     echo "FAILED: ${failed[*]}" >&2
     exit 1
