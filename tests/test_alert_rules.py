@@ -27,7 +27,7 @@ def role_context():
     context = {**load(ROLE / "defaults" / "main.yml"), **load(ROLE / "vars" / "main.yml")}
     # The jobs a site scrapes come from the site contract (their ports are
     # templates there; the rules read only names and `required`).
-    contract = load(ROOT / "playbooks" / "vars" / "contract.yml")
+    contract = load(ROOT / "roles" / "contract" / "vars" / "main.yml")
     context["prometheus_scrape_jobs"] = contract["prometheus_scrape_jobs"]
     return {k: v for k, v in context.items() if not (isinstance(v, str) and "{{" in v)}
 

@@ -1,4 +1,4 @@
-"""The contract between the roles (playbooks/vars/contract.yml).
+"""The contract between the roles (roles/contract/vars/main.yml).
 
 The site playbooks are loaded with Ansible's own variable manager against the
 lab and example inventories, and the roles' real templates are rendered for
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTRACT = ROOT / "playbooks" / "vars" / "contract.yml"
+CONTRACT = ROOT / "roles" / "contract" / "vars" / "main.yml"
 SITE = ROOT / "playbooks" / "site.yml"
 
 os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
@@ -46,7 +46,7 @@ EXAMPLE_GATEWAY = {"all": {"children": {"gateway": {"hosts": {"gw-i-0123": None}
 
 class Site:
     """site.yml as Ansible sees it for one inventory: per play, the roles it
-    runs and each host's variables (inventory, vars_files, role defaults)."""
+    runs and each host's variables (inventory, the contract role's vars, role defaults)."""
 
     def __init__(self, sources: list[str], extra_vars: dict | None = None):
         context.CLIARGS = ImmutableDict(tags=(), skip_tags=(), extra_vars=())
@@ -317,7 +317,7 @@ def test_a_per_host_worker_count_is_in_the_budget(tmp_path):
 def test_every_site_play_loads_the_contract():
     site = Site([str(ROOT / "inventories" / "lab")])
     for play in site.plays:
-        assert "vars/contract.yml" in (play.vars_files or []), play.get_name()
+        assert [role.get_name() for role in play.roles][:1] == ["contract"], play.get_name()
 
 
 def test_owner_roles_default_to_the_contract():

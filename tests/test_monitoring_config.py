@@ -89,7 +89,7 @@ def test_cadvisor_targets_are_the_hosts_that_install_it(tmp_path):
             "vars_files": [
                 str(ROLES / "prometheus" / "defaults" / "main.yml"),
                 str(ROLES / "prometheus" / "vars" / "main.yml"),
-                str(ROOT / "playbooks" / "vars" / "contract.yml"),
+                str(ROOT / "roles" / "contract" / "vars" / "main.yml"),
             ],
             "tasks": [
                 {

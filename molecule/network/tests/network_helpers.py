@@ -31,7 +31,7 @@ outsider = testinfra.get_host("docker://paycore-network-outsider")
 # The full-range TCP scanner the outsider runs (see its docstring).
 PORT_SCAN = (Path(__file__).parents[2] / "shared/tcp_syn_scan.py").read_text()
 # The site contract converge.yml loads: ports, upstreams and firewall services.
-CONTRACT = Path(__file__).parents[3] / "playbooks" / "vars" / "contract.yml"
+CONTRACT = Path(__file__).parents[3] / "roles" / "contract" / "vars" / "main.yml"
 
 
 def wait_for(check, timeout=90, interval=2):
