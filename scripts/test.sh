@@ -46,12 +46,15 @@ record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$timings"; }
 
 # A few lines that say why a failed part failed, kept in .cache/why-<part>.txt
 # and printed again at the very end of the run, where a CI log's tail shows
-# them: pytest's failed tests, else Ansible's failed tasks, else the log's tail.
+# them: pytest's failed tests, else Ansible's errors, else the log's tail.
 why_failed() {
     local part=$1 log=$2 reasons
-    reasons=$(sed 's/\x1b\[[0-9;]*m//g; s/^[0-9]\{10\} //' "$log" | grep -E '^(FAILED|ERROR) ' | tail -n 8)
-    [[ -n $reasons ]] || reasons=$(sed 's/\x1b\[[0-9;]*m//g; s/^[0-9]\{10\} //' "$log" \
-        | grep -E '^(TASK \[|fatal:|failed:)' | grep -B1 -E '^(fatal|failed):' | tail -n 4)
+    local plain
+    # Without colours, time stamps and the frame Molecule draws around Ansible's output.
+    plain=$(sed 's/\x1b\[[0-9;]*m//g; s/^[0-9]\{10\} //; s/^ *│ //' "$log")
+    reasons=$(grep -E '^(FAILED|ERROR) .*::' <<< "$plain" | tail -n 8)
+    # Ansible's error: its message, then "Origin: <task file>:<line>".
+    [[ -n $reasons ]] || reasons=$(grep -A2 '^\[ERROR\]: Task failed' <<< "$plain" | tail -n 6)
     [[ -n $reasons ]] || reasons=$(tail -n 5 "$log")
     cut -c1-400 <<< "$reasons" > ".cache/why-$part.txt"
 }
