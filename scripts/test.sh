@@ -48,8 +48,7 @@ record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$timings"; }
 # and printed again at the very end of the run, where a CI log's tail shows
 # them: pytest's failed tests, else Ansible's errors, else the log's tail.
 why_failed() {
-    local part=$1 log=$2 reasons
-    local plain
+    local part=$1 log=$2 plain reasons
     # Without colours, time stamps and the frame Molecule draws around Ansible's output.
     plain=$(sed 's/\x1b\[[0-9;]*m//g; s/^[0-9]\{10\} //; s/^ *│ //' "$log")
     reasons=$(grep -E '^(FAILED|ERROR) .*::' <<< "$plain" | tail -n 8)
@@ -120,12 +119,13 @@ print_timings() {
 }
 
 print_why() {
-    local why
-    for why in .cache/why-*.txt; do
-        [[ -f $why ]] || continue
-        why=${why#.cache/why-}
-        echo "==> why ${why%.txt} failed (its log: .cache/${why%.txt}.log)"
-        sed 's/^/    | /' ".cache/why-$why"
+    local file part
+    for file in .cache/why-*.txt; do
+        [[ -f $file ]] || continue
+        part=${file#.cache/why-}
+        part=${part%.txt}
+        echo "==> why $part failed (its log: .cache/$part.log)"
+        sed 's/^/    | /' "$file"
     done
 }
 
