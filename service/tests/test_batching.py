@@ -15,7 +15,8 @@ import pytest
 from conftest import Api, cli_env, make_settings
 from paycore_ledger import ledger, merchants, reconcile
 from paycore_ledger.app import create_app
-from paycore_ledger.batching import MAX_IN_FLIGHT
+from paycore_ledger.batching import MAX_IN_FLIGHT, Batcher
+from paycore_ledger.db import Database
 from paycore_ledger.idempotency import fingerprint
 from test_process import _children
 
@@ -177,6 +178,31 @@ async def test_batch_size_one_is_one_commit_per_payment(aiohttp_client, database
     results = await asyncio.gather(*(api.pay(i + 1) for i in range(8)))
     assert [r.status for r in results] == [201] * 8
     assert await _commits(owner_conn, api.merchant_id) == 8
+
+
+async def test_the_next_batch_leaves_before_the_previous_one_is_answered(database):
+    """A finished batch first sends the next one, then answers its own requests:
+    PostgreSQL works on the next batch while the worker writes the responses."""
+    events: list[tuple[str, str]] = []
+
+    async def call(conn, reqs):
+        events.append(("sent", ",".join(reqs)))
+        await conn.fetchval("SELECT pg_sleep(0.05)")
+        return reqs
+
+    async def ask(req):
+        await batcher.answer(req)
+        events.append(("answered", req))
+
+    db = Database(make_settings(database.app_url), max_connections=2)
+    batcher = Batcher(db, 64, 0, call=call, answer_for=lambda _req, result: result, run_alone=None)
+    try:
+        first = asyncio.create_task(ask("a"))
+        await asyncio.sleep(0.02)  # "a" is in flight: "b" waits for the next batch
+        await asyncio.gather(first, ask("b"))
+    finally:
+        await db.close()
+    assert events == [("sent", "a"), ("sent", "b"), ("answered", "a"), ("answered", "b")]
 
 
 async def test_worker_killed_during_batches_leaves_nothing_half_applied(

@@ -127,20 +127,26 @@ class Batcher:
                 self._timer = None
 
     async def _run(self, batch: list[_Item]) -> None:
+        results: list | None = None
+        error: BaseException | None = None
         try:
-            results = await self._post([req for req, _ in batch])
-        except _TRANSIENT as exc:
-            _settle(batch, exc=exc)
-        except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch, exc=exc)  # the request's own error, as without batching
-            else:
-                _settle(batch, results=[None] * len(batch))  # each on its own
-        else:
-            _settle(batch, results=results)
+            try:
+                results = await self._post([req for req, _ in batch])
+            except _TRANSIENT as exc:
+                error = exc
+            except Exception as exc:
+                if len(batch) == 1:
+                    error = exc  # the request's own error, as without batching
+                else:
+                    results = [None] * len(batch)  # each on its own
         finally:
             self._in_flight -= 1
+            # The next batch leaves before this one's requests are answered:
+            # their handlers and responses keep the event loop busy for longer
+            # than PostgreSQL needs to start on the next batch, which would
+            # otherwise wait for all of them (service/README.md, benchmark).
             self._dispatch()
+        _settle(batch, results=results, exc=error)
 
     async def _post(self, reqs: list) -> list:
         async with self._db.connection() as conn:
