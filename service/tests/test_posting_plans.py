@@ -1,0 +1,94 @@
+"""Posting plans stay index lookups as the ledger grows (sql/0014).
+
+PL/pgSQL keeps a statement's plan for the session. A session that first
+posts while the ledger is small (a new site) must not keep a plan that scans
+a table growing by thousands of rows a second: every posting would then read
+all of it. auto_explain shows the plans the posting functions actually run.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+from paycore_ledger import ledger, merchants, migrations, payment_call
+from paycore_ledger.ids import new_id
+
+# Tables that grow with every posting.
+GROWING = ("journal_transactions", "entries", "payments", "idempotency_keys", "events")
+
+
+def _payment(api_key: str):
+    return payment_call.payment_request(
+        token=api_key,
+        key=uuid.uuid4().hex,
+        method="POST",
+        path="/v1/payments",
+        body={"amount": 100, "currency": "NGN"},
+        amount=100,
+        currency="NGN",
+        description=None,
+        metadata={},
+        review_threshold=10**12,
+    )
+
+
+async def _post_batch(conn: asyncpg.Connection, api_key: str) -> None:
+    results = await payment_call.call(conn, [_payment(api_key) for _ in range(8)])
+    assert [(outcome, status) for _, _, outcome, status, _ in results] == [("created", 201)] * 8
+
+
+@pytest.fixture
+async def small_ledger(database):
+    """A new, migrated database with one merchant and its NGN account."""
+    if database.cluster is None:
+        pytest.skip("needs the suite's own PostgreSQL cluster (it creates a database)")
+    name = f"plans_{uuid.uuid4().hex[:8]}"
+    database.cluster.psql(f"CREATE DATABASE {name}")
+    url = database.cluster.url(database=name)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrations.migrate(conn, None)
+        created = await merchants.create(conn, "plans")
+        await ledger.ensure_system_accounts(conn, "NGN")
+        await conn.execute(
+            "INSERT INTO accounts (id, kind, merchant_id, currency)"
+            " VALUES ($1, 'merchant', $2, 'NGN')",
+            new_id("acct"),
+            created["merchant_id"],
+        )
+    finally:
+        await conn.close()
+    yield url, created["api_key"]
+    database.cluster.psql(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+async def test_a_session_that_first_posted_on_a_small_ledger_keeps_index_plans(small_ledger):
+    url, api_key = small_ledger
+    poster = await asyncpg.connect(url)
+    grower = await asyncpg.connect(url)
+    plans: list[str] = []
+    try:
+        await poster.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+            " SET auto_explain.log_nested_statements = on; SET client_min_messages = log"
+        )
+        poster.add_log_listener(lambda _conn, message: plans.append(message.message))
+        # The first postings plan the functions' statements on near-empty tables.
+        for _ in range(6):
+            await _post_batch(poster, api_key)
+        # The ledger grows (no ANALYZE: nothing tells the session's plans).
+        await grower.execute(
+            "INSERT INTO journal_transactions (kind, source_id, currency)"
+            " SELECT 'payment', 'pay_grown_' || g, 'NGN' FROM generate_series(1, 50000) AS g"
+        )
+        plans.clear()
+        await _post_batch(poster, api_key)
+    finally:
+        await poster.close()
+        await grower.close()
+    nested = "\n".join(plans)
+    assert "journal_transactions" in nested  # the entries trigger's plans were seen
+    for table in GROWING:
+        assert f"Seq Scan on {table}" not in nested, nested
