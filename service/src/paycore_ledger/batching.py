@@ -8,8 +8,9 @@ batcher of their own (payment_call.py and debit_call.py say how to call and
 answer each kind).
 A batch leaves when it holds `max_items` requests, or `window` after its first
 request arrived, but never while the worker's previous batch is still
-running: requests arriving meanwhile wait for the next batch. So under load
-batches grow by themselves, and a lone request waits one window at most
+running: requests arriving meanwhile wait for the next batch, which leaves
+as soon as the previous one returns, before its requests are answered. So
+under load batches grow by themselves, and a lone request waits one window at most
 (uvloop's timers have millisecond resolution: a window under 500 µs means
 "at the next turn of the event loop", after the requests already received).
 A payment batch of one goes through `ledger_pay` exactly as without batching.
