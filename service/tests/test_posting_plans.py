@@ -21,9 +21,7 @@ from paycore_ledger.ids import new_id
 # Tables that grow with every posting.
 GROWING = ("journal_transactions", "entries", "payments", "idempotency_keys", "events")
 # A plan step over one of them, with the rows it read per loop.
-_STEP_ON_GROWING = re.compile(
-    rf"\bon ({'|'.join(GROWING)})\b.*\(actual rows=(\d+) loops=\d+\)"
-)
+_STEP_ON_GROWING = re.compile(rf"\bon ({'|'.join(GROWING)})\b.*\(actual rows=(\d+) loops=\d+\)")
 # What reading by key may return for a batch of 8 payments (2 entries each).
 _BY_KEY_AT_MOST = 16
 
@@ -100,8 +98,6 @@ async def test_a_session_that_first_posted_on_a_small_ledger_keeps_index_plans(s
         await grower.close()
     nested = "\n".join(plans)
     assert "journal_transactions" in nested  # the entries trigger's plans were seen
-    read = [
-        (step.group(0), int(step.group(2))) for step in _STEP_ON_GROWING.finditer(nested)
-    ]
+    read = [(step.group(0), int(step.group(2))) for step in _STEP_ON_GROWING.finditer(nested)]
     assert read, nested
     assert [line for line, rows in read if rows > _BY_KEY_AT_MOST] == []
