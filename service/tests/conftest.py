@@ -101,6 +101,18 @@ async def client(aiohttp_client, settings):
 
 
 @pytest.fixture
+def scratch_database(database: Database):
+    """The owner's URL of a new, empty database of its own on the suite's
+    throwaway cluster, dropped afterwards."""
+    if database.cluster is None:
+        pytest.skip("creates and drops a database: needs the throwaway cluster")
+    name = f"scratch_{uuid.uuid4().hex[:8]}"
+    database.cluster.psql(f"CREATE DATABASE {name}")
+    yield database.cluster.url(database=name)
+    database.cluster.psql(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
 async def owner_conn(database: Database):
     conn = await asyncpg.connect(database.owner_url)
     yield conn

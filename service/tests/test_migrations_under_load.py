@@ -53,24 +53,19 @@ POST_PAYMENT = """
 
 
 @pytest.fixture
-async def scratch_ledger(database, monkeypatch):
-    """A database of its own (created and dropped here), migrated up to the
-    last migration before the online-safe pattern."""
-    if database.cluster is None:
-        pytest.skip("creates and drops a database: needs the throwaway cluster")
-    name = f"online_{uuid.uuid4().hex[:8]}"
-    database.cluster.psql(f"CREATE DATABASE {name}")
-    owner = await asyncpg.connect(database.cluster.url(database=name))
+async def scratch_ledger(scratch_database, monkeypatch):
+    """A database of its own, migrated up to the last migration before the
+    online-safe pattern."""
+    owner = await asyncpg.connect(scratch_database)
     try:
         older = [m for m in migrations.available() if m.version < FIRST_ONLINE_SAFE]
         with monkeypatch.context() as patch:
             patch.setattr(migrations, "available", lambda: older)
             # No grants yet: today's grants name tables the old schema lacks.
             await migrations.migrate(owner, None, ("NGN",))
-        yield owner, database.cluster.url(database=name)
+        yield owner, scratch_database
     finally:
         await owner.close()
-        database.cluster.psql(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 async def open_account(owner: asyncpg.Connection, n: int) -> tuple[str, str]:

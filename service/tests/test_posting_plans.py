@@ -15,7 +15,7 @@ import uuid
 
 import asyncpg
 import pytest
-from paycore_ledger import ledger, merchants, migrations, payment_call
+from paycore_ledger import merchants, migrations, payment_call
 from paycore_ledger.ids import new_id
 
 # Tables that grow with every posting.
@@ -47,18 +47,12 @@ async def _post_batch(conn: asyncpg.Connection, api_key: str) -> None:
 
 
 @pytest.fixture
-async def small_ledger(database):
+async def small_ledger(scratch_database):
     """A new, migrated database with one merchant and its NGN account."""
-    if database.cluster is None:
-        pytest.skip("needs the suite's own PostgreSQL cluster (it creates a database)")
-    name = f"plans_{uuid.uuid4().hex[:8]}"
-    database.cluster.psql(f"CREATE DATABASE {name}")
-    url = database.cluster.url(database=name)
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(scratch_database)
     try:
-        await migrations.migrate(conn, None)
+        await migrations.migrate(conn, None, ("NGN",))
         created = await merchants.create(conn, "plans")
-        await ledger.ensure_system_accounts(conn, "NGN")
         await conn.execute(
             "INSERT INTO accounts (id, kind, merchant_id, currency)"
             " VALUES ($1, 'merchant', $2, 'NGN')",
@@ -67,8 +61,7 @@ async def small_ledger(database):
         )
     finally:
         await conn.close()
-    yield url, created["api_key"]
-    database.cluster.psql(f"DROP DATABASE {name} WITH (FORCE)")
+    return scratch_database, created["api_key"]
 
 
 async def test_a_session_that_first_posted_on_a_small_ledger_keeps_index_plans(small_ledger):
