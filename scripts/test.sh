@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything CI runs: lint and the repo and service test suites beside every
+# Everything CI runs: lint, then the repo and service test suites beside every
 # Molecule scenario, then a table of where the time went. Set
 # PAYCORE_SCENARIOS="common edge" to run only those scenarios,
 # PAYCORE_SKIP_MOLECULE=1 to run none, PAYCORE_MOLECULE_JOBS=N to run N
@@ -78,21 +78,6 @@ run_pytest() {
     return "$rc"
 }
 
-# The linters, their output kept in .cache/lint.log.
-run_lint() {
-    local start=$SECONDS rc=0
-    scripts/lint.sh > .cache/lint.log 2>&1 || rc=$?
-    record lint - $((SECONDS - start))
-    if ((rc == 0)); then
-        echo "    lint passed in $((SECONDS - start)) s"
-    else
-        echo "    lint FAILED in $((SECONDS - start)) s; last lines of its log:"
-        tail -n 40 .cache/lint.log | sed 's/^/    | /'
-        why_failed lint .cache/lint.log
-    fi
-    return "$rc"
-}
-
 # The recap lines of a scenario's check step (--check on the converged hosts)
 # that report changes. Molecule runs that step but does not fail on changes.
 check_mode_changes() {
@@ -163,12 +148,16 @@ if [[ -n $only_scenario ]]; then
     exit "$rc"
 fi
 
-# Lint and the test suites run beside the Molecule scenarios (the longest
-# part), so the whole run takes about as long as the slowest scenario plus set-up.
-echo "==> lint, then the repo and service test suites, in the background"
+echo "==> lint"
+lint_start=$SECONDS
+scripts/lint.sh || failed+=(lint)
+record lint - $((SECONDS - lint_start))
+
+# The test suites run beside the Molecule scenarios (the longest part), so
+# the whole run takes about as long as the slowest scenario plus set-up.
+echo "==> pytest: the repo and service suites, in the background"
 (
     rc=0
-    run_lint || rc=$((rc | 4))
     run_pytest repo pytest -q -p no:cacheprovider tests || rc=$((rc | 1))
     if [[ -f service/pyproject.toml ]]; then
         run_pytest service bash -c 'cd service && exec pytest -q -p no:cacheprovider' || rc=$((rc | 2))
@@ -210,12 +199,14 @@ if [[ -z ${PAYCORE_SKIP_MOLECULE:-} ]]; then
     echo "molecule: $passed passed, $(( $(wc -w <<< "$scenarios") - passed )) failed"
 fi
 
-echo "==> lint and pytest results"
+echo "==> pytest results"
 wait "$pytest_pid"
-background=$?
-((background & 4)) && failed+=(lint)
-((background & 1)) && failed+=(pytest:repo)
-((background & 2)) && failed+=(pytest:service)
+case $? in
+    0) ;;
+    1) failed+=(pytest:repo) ;;
+    2) failed+=(pytest:service) ;;
+    *) failed+=(pytest:repo pytest:service) ;;
+esac
 cat .cache/pytest-summary.log
 
 print_timings
