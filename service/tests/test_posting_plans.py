@@ -1,4 +1,4 @@
-"""Posting plans stay index lookups as the ledger grows (sql/0014).
+"""Posting plans stay index lookups as the ledger grows (sql/0014, 0015).
 
 PL/pgSQL keeps a statement's plan for the session. A session that first
 posts while the ledger is small (a new site) must not keep a plan that scans
@@ -15,7 +15,7 @@ import uuid
 
 import asyncpg
 import pytest
-from paycore_ledger import merchants, migrations, payment_call
+from paycore_ledger import debit_call, merchants, migrations, payment_call
 from paycore_ledger.ids import new_id
 
 # Tables that grow with every posting.
@@ -24,6 +24,11 @@ GROWING = ("journal_transactions", "entries", "payments", "idempotency_keys", "e
 _STEP_ON_GROWING = re.compile(rf"\bon ({'|'.join(GROWING)})\b.*\(actual rows=(\d+) loops=\d+\)")
 # What reading by key may return for a batch of 8 payments (2 entries each).
 _BY_KEY_AT_MOST = 16
+# Tables that grow with the merchants (and payments, with the ledger).
+PER_MERCHANT = ("api_keys", "accounts", "payments")
+_STEP_ON_PER_MERCHANT = re.compile(
+    rf"\bon ({'|'.join(PER_MERCHANT)})\b.*\(actual rows=(\d+) loops=\d+\)"
+)
 
 
 def _payment(api_key: str):
@@ -41,9 +46,40 @@ def _payment(api_key: str):
     )
 
 
-async def _post_batch(conn: asyncpg.Connection, api_key: str) -> None:
+async def _post_batch(conn: asyncpg.Connection, api_key: str) -> list[str]:
+    """Eight payments in one ledger_pay_batch call; their ids."""
     results = await payment_call.call(conn, [_payment(api_key) for _ in range(8)])
     assert [(outcome, status) for _, _, outcome, status, _ in results] == [("created", 201)] * 8
+    return [payment_id for payment_id, *_ in results]
+
+
+async def _refund_batch(conn: asyncpg.Connection, api_key: str, payment_ids: list[str]) -> None:
+    """One refund of each payment in one ledger_debit_batch call."""
+    refunds = [
+        debit_call.debit_request(
+            "POST",
+            f"/v1/payments/{payment_id}/refunds",
+            token=api_key,
+            key=uuid.uuid4().hex,
+            body={"amount": 1},
+            kind="refund",
+            amount=1,
+            payment_id=payment_id,
+        )
+        for payment_id in payment_ids
+    ]
+    results = await debit_call.call_batch(conn, refunds)
+    assert [(outcome, status) for _, _, outcome, status, *_ in results] == [("created", 201)] * 8
+
+
+async def _log_plans(conn: asyncpg.Connection, plans: list[str]) -> None:
+    """auto_explain the statements `conn` runs, nested ones too, into `plans`."""
+    await conn.execute(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+        " SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on;"
+        " SET auto_explain.log_timing = off; SET client_min_messages = log"
+    )
+    conn.add_log_listener(lambda _conn, message: plans.append(message.message))
 
 
 @pytest.fixture
@@ -70,12 +106,7 @@ async def test_a_session_that_first_posted_on_a_small_ledger_keeps_index_plans(s
     grower = await asyncpg.connect(url)
     plans: list[str] = []
     try:
-        await poster.execute(
-            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
-            " SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on;"
-            " SET auto_explain.log_timing = off; SET client_min_messages = log"
-        )
-        poster.add_log_listener(lambda _conn, message: plans.append(message.message))
+        await _log_plans(poster, plans)
         # The first postings plan the functions' statements on near-empty tables.
         for _ in range(6):
             await _post_batch(poster, api_key)
@@ -92,5 +123,36 @@ async def test_a_session_that_first_posted_on_a_small_ledger_keeps_index_plans(s
     nested = "\n".join(plans)
     assert "journal_transactions" in nested  # the entries trigger's plans were seen
     read = [(step.group(0), int(step.group(2))) for step in _STEP_ON_GROWING.finditer(nested)]
+    assert read, nested
+    assert [line for line, rows in read if rows > _BY_KEY_AT_MOST] == []
+
+
+async def test_batches_read_only_their_own_merchants_however_many_there_are(small_ledger):
+    """A batch's items are joined to api_keys, accounts and payments by key: with
+    thousands of merchants, a batch still reads only its own rows (sql/0015)."""
+    url, api_key = small_ledger
+    conn = await asyncpg.connect(url)
+    plans: list[str] = []
+    try:
+        await conn.execute(
+            "INSERT INTO merchants (id, name)"
+            " SELECT 'mch_many' || g, 'many-' || g FROM generate_series(1, 3000) AS g;"
+            " INSERT INTO api_keys (id, merchant_id, key_hash)"
+            " SELECT 'key_many' || g, 'mch_many' || g, sha256(('many' || g)::bytea)"
+            "   FROM generate_series(1, 3000) AS g;"
+            " INSERT INTO accounts (id, kind, merchant_id, currency)"
+            " SELECT 'acct_many' || g, 'merchant', 'mch_many' || g, 'NGN'"
+            "   FROM generate_series(1, 3000) AS g;"
+            " ANALYZE merchants, api_keys, accounts"
+        )
+        payment_ids = await _post_batch(conn, api_key)
+        await _log_plans(conn, plans)
+        await _post_batch(conn, api_key)
+        await _refund_batch(conn, api_key, payment_ids)
+    finally:
+        await conn.close()
+    nested = "\n".join(plans)
+    assert "ledger_pay_batch" in nested and "ledger_debit_batch" in nested
+    read = [(step.group(0), int(step.group(2))) for step in _STEP_ON_PER_MERCHANT.finditer(nested)]
     assert read, nested
     assert [line for line, rows in read if rows > _BY_KEY_AT_MOST] == []
