@@ -2,7 +2,7 @@
 """PayCore ledger benchmark. Run by hand; prints figures; not a test.
 
     .venv/bin/python service/bench/bench.py [--duration 15] [--clients 16,64] \
-        [--batch-max N] [--batch-window-us T]
+        [--batch-max N] [--batch-window-us T] [--idle-merchants N]
 
 Starts a throwaway PostgreSQL 15 (durable settings: fsync on), migrates it,
 starts `paycore-ledger serve` on loopback and measures:
@@ -22,7 +22,9 @@ machine) tells where the time goes, and the service workers' run-queue wait
 (/proc/PID/schedstat) how much of the machine other work took.
 Throughput counts only the expected answers (201/200); others are errors.
 --throughput-only skips the hot-account and balance-read runs (the payments/s
-runs and the replay comparison remain). The per-merchant rate limit is set
+runs and the replay comparison remain). --idle-merchants N adds N merchants,
+each with an API key and an NGN account, that send nothing, as a site has
+many: the payments/s must not fall as they grow. The per-merchant rate limit is set
 far above every run's rate (--rate-limit changes it): every request is still
 checked, none refused. --fairness runs only the fairness comparison, under
 the service's default limits: a calm merchant's payment latency alone and
@@ -269,6 +271,32 @@ async def populate(owner_url: str, account: str, entries: int) -> None:
         await conn.close()
 
 
+async def add_idle_merchants(owner_url: str, count: int) -> None:
+    """`count` merchants with an API key and an NGN account, that send nothing."""
+    conn = await asyncpg.connect(owner_url)
+    try:
+        await conn.execute(
+            "INSERT INTO merchants (id, name)"
+            " SELECT 'mch_idle' || g, 'idle-' || g FROM generate_series(1, $1::int) AS g",
+            count,
+        )
+        await conn.execute(
+            "INSERT INTO api_keys (id, merchant_id, key_hash)"
+            " SELECT 'key_idle' || g, 'mch_idle' || g, sha256(('idle' || g)::bytea)"
+            "   FROM generate_series(1, $1::int) AS g",
+            count,
+        )
+        await conn.execute(
+            "INSERT INTO accounts (id, kind, merchant_id, currency)"
+            " SELECT 'acct_idle' || g, 'merchant', 'mch_idle' || g, 'NGN'"
+            "   FROM generate_series(1, $1::int) AS g",
+            count,
+        )
+        await conn.execute("ANALYZE merchants, api_keys, accounts")
+    finally:
+        await conn.close()
+
+
 async def setup_merchant(owner_url: str, base: str) -> tuple[str, str]:
     conn = await asyncpg.connect(owner_url)
     try:
@@ -384,6 +412,12 @@ def main() -> int:
         action="store_true",
         help="skip the hot-account and balance-read runs",
     )
+    parser.add_argument(
+        "--idle-merchants",
+        type=int,
+        default=0,
+        help="merchants with a key and an account that send nothing",
+    )
     parser.add_argument("--batch-max", type=int, help="PAYCORE_POST_BATCH_MAX for the service")
     parser.add_argument(
         "--batch-window-us", type=int, help="PAYCORE_POST_BATCH_WINDOW_US for the service"
@@ -418,6 +452,8 @@ def main() -> int:
     server = None
     try:
         owner_url = create_ledger(cluster)
+        if args.idle_merchants:
+            asyncio.run(add_idle_merchants(owner_url, args.idle_merchants))
         cluster.psql("CREATE DATABASE pgbench")
         subprocess.run(
             [
@@ -471,7 +507,8 @@ def main() -> int:
             f"{args.duration}s per run, loopback, {os.cpu_count()} CPUs shared by all, "
             f"batch max={env.get('PAYCORE_POST_BATCH_MAX', 'default')} "
             f"window={env.get('PAYCORE_POST_BATCH_WINDOW_US', 'default')} us, "
-            f"rate limit={env.get('PAYCORE_RATE_LIMIT_PER_SECOND', 'default')}/s per merchant"
+            f"rate limit={env.get('PAYCORE_RATE_LIMIT_PER_SECOND', 'default')}/s per merchant,"
+            f" {args.idle_merchants} idle merchants"
         )
 
         # Like pgbench's branches (-s 64: 64 of them, one picked at random per
