@@ -374,6 +374,33 @@ def test_migrations_run_once_per_play_run_also_with_serial(tmp_path):
     assert re.search(rf"^skipping: \[{again}\]", output, re.M), output[-3000:]
 
 
+def test_a_code_change_and_its_rollback_are_both_deployed():
+    """A code change keeps the version; deploying it, then the code before it
+    again (docs/alerts.md: "roll back"), runs each on the host in turn."""
+    ephemeral = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if not ephemeral:
+        pytest.skip("needs the scenario's copy of service/ (run through `molecule verify`)")
+    source = Path(ephemeral, "service", "src", "paycore_ledger", "__init__.py")
+    installed = (
+        "/opt/paycore/ledger/bin/python -c 'import pathlib, paycore_ledger;"
+        " print(pathlib.Path(paycore_ledger.__file__).read_text())'"
+    )
+    converge = (str(SCENARIO / "converge.yml"), "--limit", "paycore-ledger_service-app")
+    original = source.read_text()
+    marker = f"# deployed by test {uuid.uuid4().hex}"
+    try:
+        source.write_text(f"{original}{marker}\n")
+        rc, output = ansible(*converge)
+        assert rc == 0, output[-3000:]
+        assert marker in app.check_output(installed)
+    finally:
+        source.write_text(original)
+    rc, output = ansible(*converge)
+    assert rc == 0, output[-3000:]
+    assert marker not in app.check_output(installed)
+    assert app.service("paycore-ledger").is_running
+
+
 def test_no_secret_in_any_ansible_output():
     """The scenario's every Ansible run, from the first converge (with all its
     changes, -v and --diff) on, is logged (ANSIBLE_LOG_PATH, molecule.yml)."""
