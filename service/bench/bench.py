@@ -55,6 +55,7 @@ import asyncpg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from idle_merchants import add_idle_merchants  # noqa: E402
 from paycore_ledger import merchants, migrations  # noqa: E402
 from pgcluster import PG_BIN, Cluster, free_port  # noqa: E402
 
@@ -271,29 +272,10 @@ async def populate(owner_url: str, account: str, entries: int) -> None:
         await conn.close()
 
 
-async def add_idle_merchants(owner_url: str, count: int) -> None:
-    """`count` merchants with an API key and an NGN account, that send nothing."""
+async def add_idle(owner_url: str, count: int) -> None:
     conn = await asyncpg.connect(owner_url)
     try:
-        await conn.execute(
-            "INSERT INTO merchants (id, name)"
-            " SELECT 'mch_idle' || g, 'idle-' || g FROM generate_series(1, $1::int) AS g",
-            count,
-        )
-        await conn.execute(
-            "INSERT INTO api_keys (id, merchant_id, key_hash)"
-            " SELECT 'key_idle' || g, 'mch_idle' || g, sha256(('idle' || g)::bytea)"
-            "   FROM generate_series(1, $1::int) AS g",
-            count,
-        )
-        await conn.execute(
-            "INSERT INTO accounts (id, kind, merchant_id, currency)"
-            " SELECT 'acct_idle' || g, 'merchant', 'mch_idle' || g, 'NGN'"
-            "   FROM generate_series(1, $1::int) AS g",
-            count,
-        )
-        # Vacuumed now, not by autovacuum during a measured run.
-        await conn.execute("VACUUM ANALYZE merchants, api_keys, accounts, merchant_rate_limits")
+        await add_idle_merchants(conn, count)
     finally:
         await conn.close()
 
@@ -454,7 +436,7 @@ def main() -> int:
     try:
         owner_url = create_ledger(cluster)
         if args.idle_merchants:
-            asyncio.run(add_idle_merchants(owner_url, args.idle_merchants))
+            asyncio.run(add_idle(owner_url, args.idle_merchants))
         cluster.psql("CREATE DATABASE pgbench")
         subprocess.run(
             [

@@ -15,6 +15,7 @@ import uuid
 
 import asyncpg
 import pytest
+from idle_merchants import add_idle_merchants
 from paycore_ledger import debit_call, merchants, migrations, payment_call
 from paycore_ledger.ids import new_id
 
@@ -134,17 +135,7 @@ async def test_batches_read_only_their_own_merchants_however_many_there_are(smal
     conn = await asyncpg.connect(url)
     plans: list[str] = []
     try:
-        await conn.execute(
-            "INSERT INTO merchants (id, name)"
-            " SELECT 'mch_many' || g, 'many-' || g FROM generate_series(1, 3000) AS g;"
-            " INSERT INTO api_keys (id, merchant_id, key_hash)"
-            " SELECT 'key_many' || g, 'mch_many' || g, sha256(('many' || g)::bytea)"
-            "   FROM generate_series(1, 3000) AS g;"
-            " INSERT INTO accounts (id, kind, merchant_id, currency)"
-            " SELECT 'acct_many' || g, 'merchant', 'mch_many' || g, 'NGN'"
-            "   FROM generate_series(1, 3000) AS g;"
-            " ANALYZE merchants, api_keys, accounts"
-        )
+        await add_idle_merchants(conn, 3000)
         payment_ids = await _post_batch(conn, api_key)
         await _log_plans(conn, plans)
         await _post_batch(conn, api_key)
