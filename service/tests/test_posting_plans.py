@@ -1,4 +1,4 @@
-"""Posting plans stay index lookups as the ledger grows (sql/0014, 0015).
+"""Posting plans stay index lookups as the ledger grows (sql/0014, 0015, 0016).
 
 PL/pgSQL keeps a statement's plan for the session. A session that first
 posts while the ledger is small (a new site) must not keep a plan that scans
@@ -30,6 +30,9 @@ PER_MERCHANT = ("api_keys", "accounts", "payments")
 _STEP_ON_PER_MERCHANT = re.compile(
     rf"\bon ({'|'.join(PER_MERCHANT)})\b.*\(actual rows=(\d+) loops=\d+\)"
 )
+# PL/pgSQL plans a statement for its parameters this many times, then may
+# keep one generic plan for the rest of the session.
+_CUSTOM_PLANS_FIRST = 5
 
 
 def _payment(api_key: str):
@@ -137,6 +140,33 @@ async def test_batches_read_only_their_own_merchants_however_many_there_are(smal
     try:
         await add_idle_merchants(conn, 3000)
         payment_ids = await _post_batch(conn, api_key)
+        await _log_plans(conn, plans)
+        await _post_batch(conn, api_key)
+        await _refund_batch(conn, api_key, payment_ids)
+    finally:
+        await conn.close()
+    nested = "\n".join(plans)
+    assert "ledger_pay_batch" in nested and "ledger_debit_batch" in nested
+    read = [(step.group(0), int(step.group(2))) for step in _STEP_ON_PER_MERCHANT.finditer(nested)]
+    assert read, nested
+    assert [line for line, rows in read if rows > _BY_KEY_AT_MOST] == []
+
+
+async def test_a_session_that_first_posted_with_few_merchants_keeps_reading_by_key(small_ledger):
+    """The generic plans a session keeps were made while the site had one
+    merchant; then hundreds sign up before autovacuum analyzes the tables.
+    A batch still looks each item's key, account and payment up by key rather
+    than reading all of them for every item (sql/0016)."""
+    url, api_key = small_ledger
+    conn = await asyncpg.connect(url)
+    plans: list[str] = []
+    try:
+        payment_ids = await _post_batch(conn, api_key)
+        await conn.execute("VACUUM ANALYZE")
+        for _ in range(_CUSTOM_PLANS_FIRST + 1):
+            await _post_batch(conn, api_key)
+            await _refund_batch(conn, api_key, payment_ids)
+        await add_idle_merchants(conn, 300, analyze=False)
         await _log_plans(conn, plans)
         await _post_batch(conn, api_key)
         await _refund_batch(conn, api_key, payment_ids)
