@@ -257,3 +257,34 @@ async def test_checks_commit_asynchronously_on_their_own_connection(limited, dat
         assert tuple(await conn.fetchrow(query)) == ("off", "client")
     async with app[DB_KEY].connection() as conn:
         assert (await conn.fetchrow(query))["source"] != "client"
+
+
+async def test_one_call_serves_each_merchants_checks_in_order(owner_conn):
+    """ledger_rate_limit with many keys (one call for the requests arriving
+    together, sql/0010): each merchant's items in idx order, the first `burst`
+    allowed, remaining counting down, an unknown key answered apart."""
+    a = await merchants.create(owner_conn, f"rl-{uuid.uuid4().hex[:12]}")
+    b = await merchants.create(owner_conn, f"rl-{uuid.uuid4().hex[:12]}")
+    hash_of = dict(
+        await owner_conn.fetch(
+            "SELECT merchant_id, key_hash FROM api_keys WHERE merchant_id = ANY($1)",
+            [a["merchant_id"], b["merchant_id"]],
+        )
+    )
+    ka, kb, unknown = hash_of[a["merchant_id"]], hash_of[b["merchant_id"]], b"\x00" * 32
+    rows = await owner_conn.fetch(
+        "SELECT * FROM ledger_rate_limit($1, 1, 3)", [ka, kb, ka, unknown, ka, ka, kb]
+    )
+    # A full bucket of 3 at 1 unit/s: A spends 3 of its 4, B 2 of 3; the
+    # budgets are whole again 3 and 2 s later, A's 4th may retry in 1 s.
+    # (Sorted by idx: the answers come merchant by merchant.)
+    m_a, m_b = a["merchant_id"], b["merchant_id"]
+    assert sorted(tuple(row) for row in rows) == [
+        (1, m_a, True, 3, 2, 0, 3_000_000),
+        (2, m_b, True, 3, 2, 0, 2_000_000),
+        (3, m_a, True, 3, 1, 0, 3_000_000),
+        (4, None, False, 0, 0, 0, 0),
+        (5, m_a, True, 3, 0, 0, 3_000_000),
+        (6, m_a, False, 3, 0, 1_000_000, 3_000_000),
+        (7, m_b, True, 3, 1, 0, 2_000_000),
+    ]
