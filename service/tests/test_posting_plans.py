@@ -86,6 +86,13 @@ async def _log_plans(conn: asyncpg.Connection, plans: list[str]) -> None:
     conn.add_log_listener(lambda _conn, message: plans.append(message.message))
 
 
+def _steps_reading_more_than_a_batch(nested: str, steps: re.Pattern) -> list[str]:
+    """The plan steps matched by `steps` that read more rows than a batch holds."""
+    read = [(step.group(0), int(step.group(2))) for step in steps.finditer(nested)]
+    assert read, nested
+    return [line for line, rows in read if rows > _BY_KEY_AT_MOST]
+
+
 @pytest.fixture
 async def small_ledger(scratch_database):
     """A new, migrated database with one merchant and its NGN account."""
@@ -126,9 +133,7 @@ async def test_a_session_that_first_posted_on_a_small_ledger_keeps_index_plans(s
         await grower.close()
     nested = "\n".join(plans)
     assert "journal_transactions" in nested  # the entries trigger's plans were seen
-    read = [(step.group(0), int(step.group(2))) for step in _STEP_ON_GROWING.finditer(nested)]
-    assert read, nested
-    assert [line for line, rows in read if rows > _BY_KEY_AT_MOST] == []
+    assert _steps_reading_more_than_a_batch(nested, _STEP_ON_GROWING) == []
 
 
 async def test_batches_read_only_their_own_merchants_however_many_there_are(small_ledger):
@@ -147,9 +152,7 @@ async def test_batches_read_only_their_own_merchants_however_many_there_are(smal
         await conn.close()
     nested = "\n".join(plans)
     assert "ledger_pay_batch" in nested and "ledger_debit_batch" in nested
-    read = [(step.group(0), int(step.group(2))) for step in _STEP_ON_PER_MERCHANT.finditer(nested)]
-    assert read, nested
-    assert [line for line, rows in read if rows > _BY_KEY_AT_MOST] == []
+    assert _steps_reading_more_than_a_batch(nested, _STEP_ON_PER_MERCHANT) == []
 
 
 async def test_a_session_that_first_posted_with_few_merchants_keeps_reading_by_key(small_ledger):
@@ -174,6 +177,4 @@ async def test_a_session_that_first_posted_with_few_merchants_keeps_reading_by_k
         await conn.close()
     nested = "\n".join(plans)
     assert "ledger_pay_batch" in nested and "ledger_debit_batch" in nested
-    read = [(step.group(0), int(step.group(2))) for step in _STEP_ON_PER_MERCHANT.finditer(nested)]
-    assert read, nested
-    assert [line for line, rows in read if rows > _BY_KEY_AT_MOST] == []
+    assert _steps_reading_more_than_a_batch(nested, _STEP_ON_PER_MERCHANT) == []
