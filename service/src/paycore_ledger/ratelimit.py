@@ -1,4 +1,4 @@
-"""Per-merchant rate limits, counted in PostgreSQL (sql/0010, `ledger_rate_limit`).
+"""Per-merchant rate limits, counted in PostgreSQL (`ledger_rate_limit`, sql/0010, 0017).
 
 Every ledger process on every host spends the same budget: the state is one
 row per merchant (GCRA: a token bucket written as one timestamp), changed by
