@@ -376,7 +376,8 @@ def test_migrations_run_once_per_play_run_also_with_serial(tmp_path):
 
 def test_a_code_change_and_its_rollback_are_both_deployed():
     """A code change keeps the version; deploying it, then the code before it
-    again (docs/alerts.md: "roll back"), runs each on the host in turn."""
+    again (docs/alerts.md: "roll back"), runs each on the host in turn, and
+    leaves no earlier build behind."""
     ephemeral = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
     if not ephemeral:
         pytest.skip("needs the scenario's copy of service/ (run through `molecule verify`)")
@@ -399,6 +400,9 @@ def test_a_code_change_and_its_rollback_are_both_deployed():
     assert rc == 0, output[-3000:]
     assert marker not in app.check_output(installed)
     assert app.service("paycore-ledger").is_running
+    # Only the build installed stays on the host.
+    build = app.file("/opt/paycore/ledger/paycore-build").content_string.strip()
+    assert app.check_output("ls -A /opt/paycore/wheelhouse").split() == [build]
 
 
 def test_no_secret_in_any_ansible_output():
