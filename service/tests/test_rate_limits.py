@@ -288,3 +288,27 @@ async def test_one_call_serves_each_merchants_checks_in_order(owner_conn):
         (6, m_a, False, 3, 0, 1_000_000, 3_000_000),
         (7, m_b, True, 3, 1, 0, 2_000_000),
     ]
+
+
+async def test_checks_of_the_same_merchants_in_opposite_orders_never_deadlock(database, owner_conn):
+    """Two workers' calls naming the same merchants in opposite orders lock
+    their budget rows in one order (sql/0017), so neither waits on the other
+    in a cycle: no deadlock_detected, every call answered."""
+    for _ in range(20):
+        await merchants.create(owner_conn, f"rl-{uuid.uuid4().hex[:12]}")
+    hashes = [row[0] for row in await owner_conn.fetch("SELECT key_hash FROM api_keys LIMIT 20")]
+    first = await asyncpg.connect(database.app_url)
+    second = await asyncpg.connect(database.app_url)
+
+    async def check(conn: asyncpg.Connection, keys: list[bytes]) -> None:
+        for _ in range(100):
+            async with conn.transaction():  # hold the locks a little longer
+                rows = await conn.fetch("SELECT * FROM ledger_rate_limit($1, 1000, 1000)", keys)
+                await conn.execute("SELECT pg_sleep(0.0005)")
+            assert len(rows) == len(keys)
+
+    try:
+        await asyncio.gather(check(first, hashes), check(second, hashes[::-1]))
+    finally:
+        await first.close()
+        await second.close()
