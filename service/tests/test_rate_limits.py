@@ -13,6 +13,7 @@ from conftest import Api, admin_cli_env, make_settings, run_cli
 from paycore_ledger import merchants
 from paycore_ledger.app import create_app
 from paycore_ledger.app_keys import DB_KEY, RATE_LIMITER_KEY
+from paycore_ledger.auth import hash_key
 
 # 1 unit per second (the slowest rate there is): a test's few requests see no
 # refill unless they wait for it.
@@ -265,19 +266,13 @@ async def test_one_call_serves_each_merchants_checks_in_order(owner_conn):
     allowed, remaining counting down, an unknown key answered apart."""
     a = await merchants.create(owner_conn, f"rl-{uuid.uuid4().hex[:12]}")
     b = await merchants.create(owner_conn, f"rl-{uuid.uuid4().hex[:12]}")
-    hash_of = dict(
-        await owner_conn.fetch(
-            "SELECT merchant_id, key_hash FROM api_keys WHERE merchant_id = ANY($1)",
-            [a["merchant_id"], b["merchant_id"]],
-        )
-    )
-    ka, kb, unknown = hash_of[a["merchant_id"]], hash_of[b["merchant_id"]], b"\x00" * 32
+    ka, kb, unknown = hash_key(a["api_key"]), hash_key(b["api_key"]), b"\x00" * 32
     rows = await owner_conn.fetch(
         "SELECT * FROM ledger_rate_limit($1, 1, 3)", [ka, kb, ka, unknown, ka, ka, kb]
     )
     # A full bucket of 3 at 1 unit/s: A spends 3 of its 4, B 2 of 3; the
     # budgets are whole again 3 and 2 s later, A's 4th may retry in 1 s.
-    # (Sorted by idx: the answers come merchant by merchant.)
+    # (Sorted by idx: the function promises no order of its rows.)
     m_a, m_b = a["merchant_id"], b["merchant_id"]
     assert sorted(tuple(row) for row in rows) == [
         (1, m_a, True, 3, 2, 0, 3_000_000),
@@ -294,9 +289,10 @@ async def test_checks_of_the_same_merchants_in_opposite_orders_never_deadlock(da
     """Two workers' calls naming the same merchants in opposite orders lock
     their budget rows in one order (sql/0017), so neither waits on the other
     in a cycle: no deadlock_detected, every call answered."""
-    for _ in range(20):
-        await merchants.create(owner_conn, f"rl-{uuid.uuid4().hex[:12]}")
-    hashes = [row[0] for row in await owner_conn.fetch("SELECT key_hash FROM api_keys LIMIT 20")]
+    hashes = [
+        hash_key((await merchants.create(owner_conn, f"rl-{uuid.uuid4().hex[:12]}"))["api_key"])
+        for _ in range(20)
+    ]
     first = await asyncpg.connect(database.app_url)
     second = await asyncpg.connect(database.app_url)
 
