@@ -88,6 +88,27 @@ def pages(since, alertname, status="firing"):
     return found
 
 
+def group_interval_s():
+    """The pager route's group_interval (roles/alertmanager's default, e.g. 5m)."""
+    defaults = (ROOT / "roles" / "alertmanager" / "defaults" / "main.yml").read_text()
+    value = re.search(r"^alertmanager_group_interval: (\d+)([sm])$", defaults, re.M)
+    return int(value.group(1)) * (60 if value.group(2) == "m" else 1)
+
+
+def page_patience(start, alertname, usual):
+    """How long a page of `alertname` may take from `start`. Alertmanager keeps
+    an (alertname, instance) group that has notified until its resolution has
+    gone out, at the group's next tick: if an earlier drill paged the same
+    alert (a restart slower than its `for:` under load), the new page waits
+    for that tick, up to group_interval after the earlier page."""
+    interval = group_interval_s()
+    earlier = [t for t, _ in pages(start - interval, alertname) if t < start]
+    if not earlier:
+        return usual
+    print(f"{alertname} paged {start - max(earlier):.0f} s before this drill: its group is open")
+    return max(usual, max(earlier) + interval + usual - start)
+
+
 def every_peer_handshaked(host, since):
     """Every peer of the gateway `host` has completed a handshake since `since`."""
     if host.run("wg show wg0 latest-handshakes").rc != 0:
@@ -120,7 +141,8 @@ def test_homelab_pages_when_the_gateway_stops():
     start = time.time()
     docker("stop", "paycore-network-gateway")
     try:
-        assert wait_for(lambda: pages(start, "GatewayDown"), 360, 2), "GatewayDown never paged"
+        patience = page_patience(start, "GatewayDown", 360)
+        assert wait_for(lambda: pages(start, "GatewayDown"), patience, 2), "GatewayDown never paged"
         arrived, instance = pages(start, "GatewayDown")[0]
         assert instance == "paycore-network-gateway"
         measure("gateway stopped: homelab page (GatewayDown)", arrived - start)
