@@ -178,6 +178,58 @@ async def test_statement_timeout_is_503_database_timeout(database, aiohttp_clien
     assert r.status == 201 and "Idempotent-Replayed" not in r.headers
 
 
+# ---- a standby reached in a failover ---------------------------------------------------
+
+
+async def test_a_write_that_reaches_a_standby_is_503_and_its_connection_is_not_kept(
+    database, aiohttp_client, owner_conn
+):
+    """In a failover the proxy may send a connection to a server that still
+    refuses writes (Patroni said "primary" a moment before PostgreSQL finished
+    its promotion). The rate check's write and the payment's each answer 503
+    database_unavailable with Retry-After, store nothing, and drop that
+    connection: once the server takes writes, the same request goes through."""
+    if database.cluster is None:
+        pytest.skip("needs the throwaway cluster (ALTER ROLE)")
+    from conftest import APP_ROLE, TEST_DB, Api
+    from paycore_ledger import merchants
+
+    created = await merchants.create(owner_conn, f"standby-{uuid.uuid4().hex[:12]}")
+    setup = await aiohttp_client(create_app(make_settings(database.app_url)))
+    await Api(setup, created["api_key"], created["merchant_id"]).open_account()
+    # A worker that has no connection yet: each connection below is opened
+    # when the step says.
+    client = await aiohttp_client(create_app(make_settings(database.app_url, db_pool_min=0)))
+    api = Api(client, created["api_key"], created["merchant_id"])
+
+    async def new_sessions_read_only(on: bool) -> None:
+        change = "SET default_transaction_read_only = on" if on else "RESET ALL"
+        await owner_conn.execute(f"ALTER ROLE {APP_ROLE} IN DATABASE {TEST_DB} {change}")
+
+    async def pay_on_a_standby():
+        await new_sessions_read_only(True)
+        try:
+            return await api.pay(10, idem="standby")
+        finally:
+            await new_sessions_read_only(False)
+
+    # 1. The rate check's connection is opened on the standby.
+    r = await pay_on_a_standby()
+    assert_problem(r, 503, "database_unavailable")
+    assert r.headers["Retry-After"] == "1"
+    # The rate check opens a new connection (on the leader), and no other: the
+    # body is refused before the ledger is asked.
+    assert_problem(await api.post("/v1/payments", {"amount": -1}), 422, "validation_error")
+    # 2. The payment's connection is opened on the standby.
+    r = await pay_on_a_standby()
+    assert_problem(r, 503, "database_unavailable")
+    assert r.headers["Retry-After"] == "1"
+    stored = "SELECT count(*) FROM idempotency_keys WHERE merchant_id = $1 AND key = 'standby'"
+    assert await owner_conn.fetchval(stored, created["merchant_id"]) == 0
+    r = await api.pay(10, idem="standby")
+    assert r.status == 201 and "Idempotent-Replayed" not in r.headers, r.body
+
+
 # ---- readiness whatever the failure -------------------------------------------------
 
 

@@ -33,6 +33,10 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    # A write refused by a standby: in a failover, the proxy may route to the
+    # new leader a moment before PostgreSQL has finished its promotion.
+    # Nothing was written; the connection is dropped (see _Lease).
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 
 log = logging.getLogger("paycore.db")
@@ -246,7 +250,10 @@ class _Lease:
         # ours: asyncio.timeout and wait_for raise TimeoutError) may still be
         # running on the server: never hand that connection to another request.
         interrupted = isinstance(exc, (asyncio.CancelledError, TimeoutError))
-        self._db._release(conn, reusable=not interrupted)
+        # A standby's session stays one: the next request opens a connection
+        # through the proxy again, which finds the leader.
+        on_a_standby = isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError)
+        self._db._release(conn, reusable=not (interrupted or on_a_standby))
         if exc is None:
             return False
         if isinstance(exc, asyncpg.QueryCanceledError):  # class 57 like OperatorIntervention
