@@ -107,7 +107,12 @@ def test_first_run_restarts_checks_the_password_then_reloads(host):
     # provisioning files are new; idempotence and check: only the login check.
     assert calls[:3] == [("login", 200), ("reload datasources", 200), ("reload dashboards", 200)]
     assert set(calls[3:]) == {("login", 200)}
-    assert [e["event"] for e in converge[:2]] == ["start", "start"], "started, then restarted"
+    assert converge[0]["event"] == "start"
+    # Started, then restarted, as systemd counts it: a stand-in killed by the
+    # restart before it has logged its own start (a slow start under load)
+    # leaves one "start" event where there were two starts.
+    journal = host.check_output("journalctl -u grafana-server --no-pager -o cat")
+    assert len(re.findall(r"^Started ", journal, re.M)) == 2, journal
 
 
 def test_password_rotation_and_dashboard_change_in_one_run(host):
