@@ -1,0 +1,69 @@
+"""The ledger_service role builds the service's wheelhouse on the controller
+(tasks/install.yml). Playbooks and Molecule scenarios running side by side on
+one controller build the same one at the same time: here the role's build
+command runs twice at once, as the role renders it, with the real pip and
+the package index."""
+
+import ast
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import jinja2
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLE = ROOT / "roles" / "ledger_service"
+TASK = "Build the wheelhouse on the controller for this host's Python"
+
+
+def _render(template: str, **variables) -> str:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)  # noqa: S701 (a shell command, not HTML)
+    env.filters["quote"] = shlex.quote
+    env.filters["regex_replace"] = lambda value, pattern, replacement: re.sub(
+        pattern, replacement, value
+    )
+    return env.from_string(template).render(**variables)
+
+
+def build_command(build: Path) -> str:
+    """The task's shell command, rendered for this controller's own Python."""
+    tasks = yaml.safe_load((ROLE / "tasks" / "install.yml").read_text())
+    task = next(t for t in tasks if t.get("name") == TASK)
+    python = {
+        "version": list(sys.version_info[:2]),
+        "machine": platform.machine(),
+        "libc": "glibc " + platform.libc_ver()[1],
+    }
+    role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    platforms = ast.literal_eval(
+        _render(role_vars["_ledger_service_platforms"], _ledger_service_python=python)
+    )
+    return _render(
+        task["ansible.builtin.shell"]["cmd"],
+        _ledger_service_build=str(build),
+        _ledger_service_python=python,
+        _ledger_service_platforms=platforms,
+        ledger_service_source_dir=str(ROOT / "service"),
+        ansible_playbook_python=sys.executable,
+    )
+
+
+def test_two_builds_of_one_wheelhouse_at_once_both_succeed(tmp_path):
+    build = tmp_path / "wheelhouse" / "0.1.0-test-build"
+    command = build_command(build)
+    runs = [
+        subprocess.Popen(["bash", "-c", command], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    errors = [run.communicate(timeout=900)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], "\n".join(errors)[-4000:]
+    with tarfile.open(f"{build}.tar") as archive:
+        names = archive.getnames()
+    assert f"./.build-{build.name}" in names
+    assert any(re.fullmatch(r"\./paycore_ledger-[^/]+\.whl", name) for name in names), names
+    assert any(re.fullmatch(r"\./asyncpg-[^/]+\.whl", name) for name in names), names
