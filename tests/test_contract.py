@@ -31,10 +31,12 @@ from ansible.parsing.dataloader import DataLoader  # noqa: E402
 from ansible.playbook import Playbook  # noqa: E402
 from ansible.plugins.loader import init_plugin_loader  # noqa: E402
 from ansible.template import Templar, trust_as_template  # noqa: E402
+from ansible.utils.collection_loader import AnsibleCollectionConfig  # noqa: E402
 from ansible.vars.hostvars import HostVars  # noqa: E402
 from ansible.vars.manager import VariableManager  # noqa: E402
 
-init_plugin_loader()
+if AnsibleCollectionConfig.collection_finder is None:  # another test module may have done it
+    init_plugin_loader()
 
 # What the rendered templates read from earlier tasks' results on a host.
 TASK_RESULTS = {"_edge_ipv6": {"stat": {"exists": False}}, "_wireguard_public_keys": {}}
