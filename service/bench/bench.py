@@ -2,7 +2,7 @@
 """PayCore ledger benchmark. Run by hand; prints figures; not a test.
 
     .venv/bin/python service/bench/bench.py [--duration 15] [--clients 16,64] \
-        [--batch-max N] [--batch-window-us T] [--idle-merchants N]
+        [--pairs N] [--batch-max N] [--batch-window-us T] [--idle-merchants N]
 
 Starts a throwaway PostgreSQL 15 (durable settings: fsync on), migrates it,
 starts `paycore-ledger serve` on loopback and measures:
@@ -21,6 +21,9 @@ payment and per TPC-B transaction (from /proc; their quotient is the
 machine) tells where the time goes, and the service workers' run-queue wait
 (/proc/PID/schedstat) how much of the machine other work took.
 Throughput counts only the expected answers (201/200); others are errors.
+--pairs N alternates N payments runs with N pgbench runs per client count and
+prints the median ratio: on a machine whose speed drifts (a shared VM's can
+double within an hour) only alternated pairs compare the two fairly.
 --throughput-only skips the hot-account and balance-read runs (the payments/s
 runs and the replay comparison remain). --idle-merchants N adds N merchants,
 each with an API key and an NGN account, that send nothing, as a site has
@@ -385,6 +388,59 @@ def fairness(
     )
 
 
+def throughput_pair(
+    cluster: Cluster,
+    server_pid: int,
+    base: str,
+    owner_url: str,
+    keys: list[str],
+    clients: int,
+    args: argparse.Namespace,
+) -> float:
+    """One payments run, then one pgbench run, on the same PostgreSQL; prints
+    both and the CPU each side spent; returns payments/s over TPC-B tps."""
+    scale = len(keys)
+    before = cpu_seconds(server_pid), cpu_seconds(cluster.postmaster_pid()), children_cpu()
+    waited = run_queue_wait(server_pid)
+    written = asyncio.run(commits(owner_url))
+    run = wrk(base, keys, clients, args.duration)
+    written = [b - a for a, b in zip(written, asyncio.run(commits(owner_url)), strict=True)]
+    waited = run_queue_wait(server_pid) - waited
+    service_cpu = cpu_seconds(server_pid) - before[0]
+    database_cpu = cpu_seconds(cluster.postmaster_pid()) - before[1]
+    wrk_cpu = children_cpu() - before[2]
+    before = cpu_seconds(cluster.postmaster_pid()), children_cpu()
+    tps = pgbench(cluster, clients, args.duration)
+    time.sleep(1)  # let the postmaster reap pgbench's backends (their CPU)
+    tpcb_database_cpu = cpu_seconds(cluster.postmaster_pid()) - before[0]
+    tpcb_client_cpu = children_cpu() - before[1]
+    print(
+        f"clients={clients:3d} accounts={scale:3d}  payments/s={run['rate']:7.1f}"
+        f"  p50={run['p50_ms']:6.1f}ms  p99={run['p99_ms']:6.1f}ms"
+        f"  errors={run['errors']} (last status {run['last_unexpected'] or '-'})"
+        f"  | pgbench TPC-B (-s {scale}) tps={tps:7.1f}"
+        f"  ratio={run['rate'] / tps:.2f}x"
+    )
+    done = max(run["ok"], 1)
+    payment_cpu = (wrk_cpu + service_cpu + database_cpu) / done
+    tpcb_cpu = (tpcb_client_cpu + tpcb_database_cpu) / (tps * args.duration)
+    print(
+        f"    CPU per payment: wrk {wrk_cpu / done * 1000:.2f} + service"
+        f" {service_cpu / done * 1000:.2f} + PostgreSQL {database_cpu / done * 1000:.2f}"
+        f" = {payment_cpu * 1000:.2f} ms | per TPC-B transaction: pgbench"
+        f" {tpcb_client_cpu / (tps * args.duration) * 1000:.2f} + PostgreSQL"
+        f" {tpcb_database_cpu / (tps * args.duration) * 1000:.2f}"
+        f" = {tpcb_cpu * 1000:.2f} ms | CPU ratio {tpcb_cpu / payment_cpu:.2f}x"
+    )
+    print(
+        f"    service workers waited for a CPU {waited / args.workers:.1f} of"
+        f" {args.duration} s each (machine load {os.getloadavg()[0]:.1f});"
+        f" {written[0] / max(written[1], 1):.1f} payments per commit",
+        flush=True,
+    )
+    return run["rate"] / tps
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=15, help="seconds per throughput run")
@@ -416,6 +472,13 @@ def main() -> int:
         "--fairness",
         action="store_true",
         help="only the fairness runs: a calm merchant's latency alone and beside a hot one",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="payments runs alternated with pgbench runs per client count; more than 1:"
+        " also prints the median ratio (machines that drift: use 3 or more)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="fairness rounds (alternating)")
     parser.add_argument(
@@ -504,43 +567,17 @@ def main() -> int:
         cluster.psql("CHECKPOINT")
         for clients in client_counts:
             wrk(base, keys, clients, 2)  # warm-up
-            before = cpu_seconds(server.pid), cpu_seconds(cluster.postmaster_pid()), children_cpu()
-            waited = run_queue_wait(server.pid)
-            written = asyncio.run(commits(owner_url))
-            run = wrk(base, keys, clients, args.duration)
-            written = [b - a for a, b in zip(written, asyncio.run(commits(owner_url)), strict=True)]
-            waited = run_queue_wait(server.pid) - waited
-            service_cpu = cpu_seconds(server.pid) - before[0]
-            database_cpu = cpu_seconds(cluster.postmaster_pid()) - before[1]
-            wrk_cpu = children_cpu() - before[2]
-            before = cpu_seconds(cluster.postmaster_pid()), children_cpu()
-            tps = pgbench(cluster, clients, args.duration)
-            time.sleep(1)  # let the postmaster reap pgbench's backends (their CPU)
-            tpcb_database_cpu = cpu_seconds(cluster.postmaster_pid()) - before[0]
-            tpcb_client_cpu = children_cpu() - before[1]
-            print(
-                f"clients={clients:3d} accounts={scale:3d}  payments/s={run['rate']:7.1f}"
-                f"  p50={run['p50_ms']:6.1f}ms  p99={run['p99_ms']:6.1f}ms"
-                f"  errors={run['errors']} (last status {run['last_unexpected'] or '-'})"
-                f"  | pgbench TPC-B (-s {scale}) tps={tps:7.1f}"
-                f"  ratio={run['rate'] / tps:.2f}x"
-            )
-            done = max(run["ok"], 1)
-            payment_cpu = (wrk_cpu + service_cpu + database_cpu) / done
-            tpcb_cpu = (tpcb_client_cpu + tpcb_database_cpu) / (tps * args.duration)
-            print(
-                f"    CPU per payment: wrk {wrk_cpu / done * 1000:.2f} + service"
-                f" {service_cpu / done * 1000:.2f} + PostgreSQL {database_cpu / done * 1000:.2f}"
-                f" = {payment_cpu * 1000:.2f} ms | per TPC-B transaction: pgbench"
-                f" {tpcb_client_cpu / (tps * args.duration) * 1000:.2f} + PostgreSQL"
-                f" {tpcb_database_cpu / (tps * args.duration) * 1000:.2f}"
-                f" = {tpcb_cpu * 1000:.2f} ms | CPU ratio {tpcb_cpu / payment_cpu:.2f}x"
-            )
-            print(
-                f"    service workers waited for a CPU {waited / args.workers:.1f} of"
-                f" {args.duration} s each (machine load {os.getloadavg()[0]:.1f});"
-                f" {written[0] / max(written[1], 1):.1f} payments per commit"
-            )
+            ratios = [
+                throughput_pair(cluster, server.pid, base, owner_url, keys, clients, args)
+                for _ in range(args.pairs)
+            ]
+            if args.pairs > 1:
+                print(
+                    f"clients={clients:3d}: ratio median of {args.pairs} alternated pairs"
+                    f" {statistics.median(ratios):.2f}x ("
+                    + ", ".join(f"{r:.2f}" for r in ratios)
+                    + ")"
+                )
         original, replay = asyncio.run(replay_vs_original(base, key, 500))
         print(
             f"original payment: p50={statistics.median(original) * 1000:.2f}ms"
