@@ -489,6 +489,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     client_counts = [int(c) for c in args.clients.split(",")]
+    if args.pairs < 1:
+        parser.error("--pairs must be 1 or more")
     if shutil.which("wrk") is None:
         print("bench.py needs wrk, the HTTP load generator: apt-get install wrk", file=sys.stderr)
         return 2
