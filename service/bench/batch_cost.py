@@ -106,6 +106,13 @@ async def replaced_functions(conn: asyncpg.Connection, sql: str) -> str:
     return ";\n".join(row[0] for row in definitions) + ";\n"
 
 
+async def apply(owner: asyncpg.Connection, name: str, definitions: str) -> None:
+    try:
+        await owner.execute(definitions)
+    except asyncpg.PostgresError as exc:
+        raise SystemExit(f"{name}: PostgreSQL refused its SQL: {exc}") from None
+
+
 async def one_round(
     app_url: str, api_keys: list[str], size: int, calls: int, owner: asyncpg.Connection | None
 ) -> tuple[float, float]:
@@ -170,7 +177,7 @@ async def measure(cluster: Cluster, owner_url: str, args: argparse.Namespace) ->
                 last = round_no == args.rounds - 1
                 for name, definitions in variants.items():
                     if definitions is not None:
-                        await owner.execute(definitions)
+                        await apply(owner, name, definitions)
                     statements = last and args.statements
                     per_call = await one_round(
                         app_url, api_keys, size, args.calls, owner if statements else None
@@ -188,7 +195,7 @@ async def measure(cluster: Cluster, owner_url: str, args: argparse.Namespace) ->
                     f" wall {statistics.median(wall[name]):.3f} ms per call",
                     flush=True,
                 )
-        if len(sizes) > 1:
+        if len(set(sizes)) > 1:
             for name, values in medians.items():
                 fixed, per_payment = line_through(sizes, values)
                 print(
