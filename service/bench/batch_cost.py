@@ -34,7 +34,6 @@ import re
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -43,8 +42,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench import create_ledger  # noqa: E402
-from paycore_ledger import ledger, merchants, payment_call  # noqa: E402
-from paycore_ledger.ids import new_id  # noqa: E402
+from ledger_setup import merchant_with_account, new_payment  # noqa: E402
+from paycore_ledger import ledger, payment_call  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 
 MERCHANTS = 16
@@ -53,43 +52,21 @@ MIGRATED = "migrated"
 
 
 def backend_cpu_ms(pid: int) -> float:
+    # schedstat counts in nanoseconds; /proc/PID/stat (bench.cpu_seconds) in
+    # 10 ms ticks, too coarse for a round of a few hundred ms.
     with open(f"/proc/{pid}/schedstat") as f:
         return int(f.read().split()[0]) / 1e6
 
 
 def payment_requests(api_keys: list[str], size: int) -> list[payment_call.PaymentRequest]:
-    """`size` new payments (fresh Idempotency-Keys), spread over the merchants."""
-    return [
-        payment_call.payment_request(
-            token=api_keys[i % len(api_keys)],
-            key=uuid.uuid4().hex,
-            method="POST",
-            path="/v1/payments",
-            body={"amount": 1000 + i, "currency": "NGN"},
-            amount=1000 + i,
-            currency="NGN",
-            description=None,
-            metadata={},
-            review_threshold=10**12,
-        )
-        for i in range(size)
-    ]
+    """`size` new payments, spread over the merchants."""
+    return [new_payment(api_keys[i % len(api_keys)], 1000 + i) for i in range(size)]
 
 
 async def add_merchants(conn: asyncpg.Connection) -> list[str]:
     """MERCHANTS merchants with an NGN account each; returns their API keys."""
     await ledger.ensure_system_accounts(conn, "NGN")
-    keys = []
-    for n in range(MERCHANTS):
-        created = await merchants.create(conn, f"batch-cost-{n}")
-        await conn.execute(
-            "INSERT INTO accounts (id, kind, merchant_id, currency)"
-            " VALUES ($1, 'merchant', $2, 'NGN')",
-            new_id("acct"),
-            created["merchant_id"],
-        )
-        keys.append(created["api_key"])
-    return keys
+    return [await merchant_with_account(conn, f"batch-cost-{n}") for n in range(MERCHANTS)]
 
 
 async def replaced_functions(conn: asyncpg.Connection, sql: str) -> str:

@@ -16,8 +16,8 @@ import uuid
 import asyncpg
 import pytest
 from idle_merchants import add_idle_merchants
-from paycore_ledger import debit_call, merchants, migrations, payment_call
-from paycore_ledger.ids import new_id
+from ledger_setup import merchant_with_account, new_payment
+from paycore_ledger import debit_call, migrations, payment_call
 
 # Tables that grow with every posting.
 GROWING = ("journal_transactions", "entries", "payments", "idempotency_keys", "events")
@@ -35,24 +35,9 @@ _STEP_ON_PER_MERCHANT = re.compile(
 _CUSTOM_PLANS_FIRST = 5
 
 
-def _payment(api_key: str):
-    return payment_call.payment_request(
-        token=api_key,
-        key=uuid.uuid4().hex,
-        method="POST",
-        path="/v1/payments",
-        body={"amount": 100, "currency": "NGN"},
-        amount=100,
-        currency="NGN",
-        description=None,
-        metadata={},
-        review_threshold=10**12,
-    )
-
-
 async def _post_batch(conn: asyncpg.Connection, api_key: str) -> list[str]:
     """Eight payments in one ledger_pay_batch call; their ids."""
-    results = await payment_call.call(conn, [_payment(api_key) for _ in range(8)])
+    results = await payment_call.call(conn, [new_payment(api_key) for _ in range(8)])
     assert [(outcome, status) for _, _, outcome, status, _ in results] == [("created", 201)] * 8
     return [payment_id for payment_id, *_ in results]
 
@@ -99,16 +84,10 @@ async def small_ledger(scratch_database):
     conn = await asyncpg.connect(scratch_database)
     try:
         await migrations.migrate(conn, None, ("NGN",))
-        created = await merchants.create(conn, "plans")
-        await conn.execute(
-            "INSERT INTO accounts (id, kind, merchant_id, currency)"
-            " VALUES ($1, 'merchant', $2, 'NGN')",
-            new_id("acct"),
-            created["merchant_id"],
-        )
+        api_key = await merchant_with_account(conn, "plans")
     finally:
         await conn.close()
-    return scratch_database, created["api_key"]
+    return scratch_database, api_key
 
 
 async def test_a_session_that_first_posted_on_a_small_ledger_keeps_index_plans(small_ledger):
