@@ -2,7 +2,7 @@
 """PayCore ledger benchmark. Run by hand; prints figures; not a test.
 
     .venv/bin/python service/bench/bench.py [--duration 15] [--clients 16,64] \
-        [--pairs N] [--batch-max N] [--batch-window-us T] [--idle-merchants N]
+        [--pairs N] [--http-floor] [--batch-max N] [--batch-window-us T] [--idle-merchants N]
 
 Starts a throwaway PostgreSQL 15 (durable settings: fsync on), migrates it,
 starts `paycore-ledger serve` on loopback and measures:
@@ -24,6 +24,11 @@ Throughput counts only the expected answers (201/200); others are errors.
 --pairs N alternates N payments runs with N pgbench runs per client count and
 prints the median ratio: on a machine whose speed drifts (a shared VM's can
 double within an hour) only alternated pairs compare the two fairly.
+--http-floor adds, per client count, a run of GET /healthz (no database, no
+handler work): the service's CPU per request there is what any request costs
+it, and the line printed is the CPU ratio payments would reach if they cost
+the service no more (PostgreSQL's and wrk's share as measured): the ceiling of
+any change to the service's own code on this machine.
 --throughput-only skips the hot-account and balance-read runs (the payments/s
 runs and the replay comparison remain). --idle-merchants N adds N merchants,
 each with an API key and an NGN account, that send nothing, as a site has
@@ -51,6 +56,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 import asyncpg
@@ -388,6 +394,17 @@ def fairness(
     )
 
 
+class PairFigures(NamedTuple):
+    """One alternated pair: the throughput ratio and the CPU (ms) per payment
+    and per TPC-B transaction."""
+
+    ratio: float
+    wrk_ms: float
+    service_ms: float
+    database_ms: float
+    tpcb_ms: float
+
+
 def throughput_pair(
     cluster: Cluster,
     server_pid: int,
@@ -396,9 +413,9 @@ def throughput_pair(
     keys: list[str],
     clients: int,
     args: argparse.Namespace,
-) -> float:
+) -> PairFigures:
     """One payments run, then one pgbench run, on the same PostgreSQL; prints
-    both and the CPU each side spent; returns payments/s over TPC-B tps."""
+    both and the CPU each side spent."""
     scale = len(keys)
     before = cpu_seconds(server_pid), cpu_seconds(cluster.postmaster_pid()), children_cpu()
     waited = run_queue_wait(server_pid)
@@ -438,7 +455,39 @@ def throughput_pair(
         f" {written[0] / max(written[1], 1):.1f} payments per commit",
         flush=True,
     )
-    return run["rate"] / tps
+    return PairFigures(
+        run["rate"] / tps,
+        wrk_cpu / done * 1000,
+        service_cpu / done * 1000,
+        database_cpu / done * 1000,
+        tpcb_cpu * 1000,
+    )
+
+
+def http_floor(server_pid: int, base: str, keys: list[str], clients: int, duration: int) -> float:
+    """The service's CPU ms per GET /healthz: what any request costs it
+    (aiohttp, the middlewares, a small JSON answer), no database, no handler work."""
+    wrk(base, keys, clients, 2, get_path="/healthz")  # warm-up (the key is sent, not needed)
+    before = cpu_seconds(server_pid)
+    run = wrk(base, keys, clients, duration, get_path="/healthz")
+    return (cpu_seconds(server_pid) - before) / max(run["ok"], 1) * 1000
+
+
+def print_ceiling(pairs: list[PairFigures], floor_ms: float) -> None:
+    """The CPU ratio if a payment cost the service no more than the HTTP floor,
+    PostgreSQL and wrk unchanged (medians over the pairs): the most that any
+    change to the service's own code could reach on this machine."""
+    tpcb = statistics.median(p.tpcb_ms for p in pairs)
+    database = statistics.median(p.database_ms for p in pairs)
+    wrk_ms = statistics.median(p.wrk_ms for p in pairs)
+    service = statistics.median(p.service_ms for p in pairs)
+    print(
+        f"    HTTP floor (GET /healthz): service {floor_ms:.3f} ms per request, a payment"
+        f" {service:.3f} ms | with the service at the floor: CPU ratio at most"
+        f" {tpcb / (wrk_ms + floor_ms + database):.2f}x (TPC-B {tpcb:.2f} ms, PostgreSQL"
+        f" {database:.2f} + wrk {wrk_ms:.2f} ms per payment)",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -479,6 +528,12 @@ def main() -> int:
         default=1,
         help="payments runs alternated with pgbench runs per client count; more than 1:"
         " also prints the median ratio (machines that drift: use 3 or more)",
+    )
+    parser.add_argument(
+        "--http-floor",
+        action="store_true",
+        help="per client count, also the service's CPU per GET /healthz and the CPU ratio"
+        " a payment would reach if it cost the service no more than that",
     )
     parser.add_argument("--rounds", type=int, default=3, help="fairness rounds (alternating)")
     parser.add_argument(
@@ -569,10 +624,13 @@ def main() -> int:
         cluster.psql("CHECKPOINT")
         for clients in client_counts:
             wrk(base, keys, clients, 2)  # warm-up
-            ratios = [
+            pairs = [
                 throughput_pair(cluster, server.pid, base, owner_url, keys, clients, args)
                 for _ in range(args.pairs)
             ]
+            ratios = [p.ratio for p in pairs]
+            if args.http_floor:
+                print_ceiling(pairs, http_floor(server.pid, base, keys, clients, args.duration))
             if args.pairs > 1:
                 print(
                     f"clients={clients:3d}: ratio median of {args.pairs} alternated pairs"
