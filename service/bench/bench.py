@@ -546,6 +546,8 @@ def main() -> int:
     client_counts = [int(c) for c in args.clients.split(",")]
     if args.pairs < 1:
         parser.error("--pairs must be 1 or more")
+    if args.fairness and args.http_floor:
+        parser.error("--http-floor goes with the throughput runs, which --fairness skips")
     if shutil.which("wrk") is None:
         print("bench.py needs wrk, the HTTP load generator: apt-get install wrk", file=sys.stderr)
         return 2
