@@ -431,23 +431,29 @@ def throughput_pair(
     time.sleep(1)  # let the postmaster reap pgbench's backends (their CPU)
     tpcb_database_cpu = cpu_seconds(cluster.postmaster_pid()) - before[0]
     tpcb_client_cpu = children_cpu() - before[1]
+    done = max(run["ok"], 1)
+    transactions = tps * args.duration
+    figures = PairFigures(
+        run["rate"] / tps,
+        wrk_cpu / done * 1000,
+        service_cpu / done * 1000,
+        database_cpu / done * 1000,
+        (tpcb_client_cpu + tpcb_database_cpu) / transactions * 1000,
+    )
     print(
         f"clients={clients:3d} accounts={scale:3d}  payments/s={run['rate']:7.1f}"
         f"  p50={run['p50_ms']:6.1f}ms  p99={run['p99_ms']:6.1f}ms"
         f"  errors={run['errors']} (last status {run['last_unexpected'] or '-'})"
         f"  | pgbench TPC-B (-s {scale}) tps={tps:7.1f}"
-        f"  ratio={run['rate'] / tps:.2f}x"
+        f"  ratio={figures.ratio:.2f}x"
     )
-    done = max(run["ok"], 1)
-    payment_cpu = (wrk_cpu + service_cpu + database_cpu) / done
-    tpcb_cpu = (tpcb_client_cpu + tpcb_database_cpu) / (tps * args.duration)
+    payment_ms = figures.wrk_ms + figures.service_ms + figures.database_ms
     print(
-        f"    CPU per payment: wrk {wrk_cpu / done * 1000:.2f} + service"
-        f" {service_cpu / done * 1000:.2f} + PostgreSQL {database_cpu / done * 1000:.2f}"
-        f" = {payment_cpu * 1000:.2f} ms | per TPC-B transaction: pgbench"
-        f" {tpcb_client_cpu / (tps * args.duration) * 1000:.2f} + PostgreSQL"
-        f" {tpcb_database_cpu / (tps * args.duration) * 1000:.2f}"
-        f" = {tpcb_cpu * 1000:.2f} ms | CPU ratio {tpcb_cpu / payment_cpu:.2f}x"
+        f"    CPU per payment: wrk {figures.wrk_ms:.2f} + service {figures.service_ms:.2f}"
+        f" + PostgreSQL {figures.database_ms:.2f} = {payment_ms:.2f} ms | per TPC-B"
+        f" transaction: pgbench {tpcb_client_cpu / transactions * 1000:.2f} + PostgreSQL"
+        f" {tpcb_database_cpu / transactions * 1000:.2f} = {figures.tpcb_ms:.2f} ms"
+        f" | CPU ratio {figures.tpcb_ms / payment_ms:.2f}x"
     )
     print(
         f"    service workers waited for a CPU {waited / args.workers:.1f} of"
@@ -455,13 +461,7 @@ def throughput_pair(
         f" {written[0] / max(written[1], 1):.1f} payments per commit",
         flush=True,
     )
-    return PairFigures(
-        run["rate"] / tps,
-        wrk_cpu / done * 1000,
-        service_cpu / done * 1000,
-        database_cpu / done * 1000,
-        tpcb_cpu * 1000,
-    )
+    return figures
 
 
 def http_floor(server_pid: int, base: str, keys: list[str], clients: int, duration: int) -> float:
