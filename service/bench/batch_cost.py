@@ -128,6 +128,13 @@ async def top_statements(owner: asyncpg.Connection, calls: int) -> list[str]:
     ]
 
 
+def batch_sizes(text: str) -> list[int]:
+    """--sizes: whole numbers of 1 or more, comma-separated."""
+    if not all(s.strip().isdigit() and int(s) >= 1 for s in text.split(",")):
+        raise argparse.ArgumentTypeError("whole numbers of 1 or more, e.g. 2,8,32")
+    return [int(s) for s in text.split(",")]
+
+
 def line_through(sizes: list[int], cpu_ms: list[float]) -> tuple[float, float]:
     """Least squares: cpu = fixed + per_payment * size."""
     slope, intercept = statistics.linear_regression(sizes, cpu_ms)
@@ -145,7 +152,7 @@ async def measure(cluster: Cluster, owner_url: str, args: argparse.Namespace) ->
             sql = args.variant.read_text()
             variants = {MIGRATED: await replaced_functions(owner, sql), args.variant.name: sql}
         app_url = cluster.url(user="paycore_app", database="ledger")
-        sizes = [int(s) for s in args.sizes.split(",")]
+        sizes = args.sizes
         medians: dict[str, list[float]] = {name: [] for name in variants}
         for size in sizes:
             cpu: dict[str, list[float]] = {name: [] for name in variants}
@@ -177,7 +184,7 @@ async def measure(cluster: Cluster, owner_url: str, args: argparse.Namespace) ->
                 fixed, per_payment = line_through(sizes, values)
                 print(
                     f"{name}: CPU per call = {fixed:.3f} ms + {per_payment:.3f} ms per payment"
-                    f" (through the medians of sizes {args.sizes})"
+                    f" (through the medians of sizes {','.join(map(str, sizes))})"
                 )
     finally:
         await owner.close()
@@ -185,7 +192,9 @@ async def measure(cluster: Cluster, owner_url: str, args: argparse.Namespace) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="2,8,32", help="payments per call, comma-separated")
+    parser.add_argument(
+        "--sizes", type=batch_sizes, default="2,8,32", help="payments per call, comma-separated"
+    )
     parser.add_argument("--calls", type=int, default=300, help="measured calls per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per size (and variant)")
     parser.add_argument("--variant", type=Path, help="SQL replacing functions, to compare")
@@ -195,8 +204,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.calls < 1 or args.rounds < 1:
         parser.error("--calls and --rounds must be 1 or more")
-    if not all(s.strip().isdigit() and int(s) >= 1 for s in args.sizes.split(",")):
-        parser.error("--sizes takes whole numbers of 1 or more, e.g. 2,8,32")
     if args.variant is not None and not args.variant.is_file():
         parser.error(f"--variant: no such file: {args.variant}")
 
