@@ -46,16 +46,22 @@ record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$timings"; }
 
 # A few lines that say why a failed part failed, kept in .cache/why-<part>.txt
 # and printed again at the very end of the run, where a CI log's tail shows
-# them: pytest's failed tests, else Ansible's errors, else the log's tail.
+# them: the Molecule step that failed, then pytest's failed tests, else
+# Ansible's errors, else Molecule's own error (an idempotence failure names
+# its tasks), else the log's tail.
 why_failed() {
-    local part=$1 log=$2 plain reasons
+    local part=$1 log=$2 plain step reasons
     # Without colours, time stamps and the frame Molecule draws around Ansible's output.
     plain=$(sed 's/\x1b\[[0-9;]*m//g; s/^[0-9]\{10\} //; s/^ *│ //' "$log")
+    step=$(grep -E '➜ [a-z_]+: Executed: Failed' <<< "$plain" | head -n 1)
     reasons=$(grep -E '^(FAILED|ERROR) .*::' <<< "$plain" | tail -n 8)
     # Ansible's error: its message, then "Origin: <task file>:<line>".
-    [[ -n $reasons ]] || reasons=$(grep -A2 '^\[ERROR\]: Task failed' <<< "$plain" | tail -n 6)
-    [[ -n $reasons ]] || reasons=$(tail -n 5 "$log")
-    cut -c1-400 <<< "$reasons" > ".cache/why-$part.txt"
+    [[ -n $reasons ]] || reasons=$(grep -A2 -E '^\[ERROR\]: |^fatal: ' <<< "$plain" | tail -n 8)
+    # Molecule's error and the lines that belong to it, up to its next log line.
+    [[ -n $reasons ]] || reasons=$(awk '/^[A-Z]+ +/ { keep = /^ERROR / && !/Executed: / }
+                                        keep' <<< "$plain" | tail -n 8)
+    [[ -n $reasons ]] || reasons=$(tail -n 5 <<< "$plain")
+    printf '%s\n' "$step" "$reasons" | sed '/^$/d' | cut -c1-400 > ".cache/why-$part.txt"
 }
 
 # pytest exits 5 when it collected nothing: that is a failure of the suite here,
