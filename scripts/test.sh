@@ -54,7 +54,13 @@ why_failed() {
     # Without colours, time stamps and the frame Molecule draws around Ansible's output.
     plain=$(sed 's/\x1b\[[0-9;]*m//g; s/^[0-9]\{10\} //; s/^ *│ //' "$log")
     step=$(grep -E '➜ [a-z_]+: Executed: Failed' <<< "$plain" | head -n 1)
-    reasons=$(grep -E '^(FAILED|ERROR) .*::' <<< "$plain" | tail -n 8)
+    # pytest's summary lines, joined again where Molecule's frame wrapped them.
+    reasons=$(awk '/^(FAILED|ERROR)( [^ ]|$)/ { if (line) print line; line = $0; next }
+                   line && /^  / { sub(/^ +/, " "); line = line $0; next }
+                   { if (line) print line; line = "" }
+                   END { if (line) print line }' <<< "$plain" | grep '::' | tail -n 8)
+    # and the first failure's own lines (pytest's "E   ..."), which the summary cuts short.
+    [[ -z $reasons ]] || reasons+=$'\n'$(grep -E '^E  ' <<< "$plain" | head -n 6)
     # Ansible's error: its message, then "Origin: <task file>:<line>".
     [[ -n $reasons ]] || reasons=$(grep -A2 -E '^\[ERROR\]: |^fatal: ' <<< "$plain" | tail -n 8)
     # Molecule's error and the lines that belong to it, up to its next log line.
