@@ -72,7 +72,9 @@ def test_an_ansible_failure_shows_its_fatal_lines(tmp_path):
     ]
 
 
-IDEMPOTENCE = "ERROR    grafana ➜ idempotence: Idempotence test failed because of the following tasks:"
+IDEMPOTENCE = (
+    "ERROR    grafana ➜ idempotence: Idempotence test failed because of the following tasks:"
+)
 
 
 def test_an_idempotence_failure_names_its_tasks(tmp_path):
