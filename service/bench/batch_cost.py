@@ -41,7 +41,7 @@ import asyncpg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from bench import create_ledger  # noqa: E402
+from bench import counts, create_ledger  # noqa: E402
 from ledger_setup import merchant_with_account, new_payment  # noqa: E402
 from paycore_ledger import ledger, payment_call  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
@@ -128,13 +128,6 @@ async def top_statements(owner: asyncpg.Connection, calls: int) -> list[str]:
     ]
 
 
-def batch_sizes(text: str) -> list[int]:
-    """--sizes: whole numbers of 1 or more, comma-separated."""
-    if not all(s.strip().isdigit() and int(s) >= 1 for s in text.split(",")):
-        raise argparse.ArgumentTypeError("whole numbers of 1 or more, e.g. 2,8,32")
-    return [int(s) for s in text.split(",")]
-
-
 def line_through(sizes: list[int], cpu_ms: list[float]) -> tuple[float, float]:
     """Least squares: cpu = fixed + per_payment * size."""
     slope, intercept = statistics.linear_regression(sizes, cpu_ms)
@@ -193,7 +186,7 @@ async def measure(cluster: Cluster, owner_url: str, args: argparse.Namespace) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--sizes", type=batch_sizes, default="2,8,32", help="payments per call, comma-separated"
+        "--sizes", type=counts, default="2,8,32", help="payments per call, comma-separated"
     )
     parser.add_argument("--calls", type=int, default=300, help="measured calls per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per size (and variant)")

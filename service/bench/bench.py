@@ -69,6 +69,13 @@ from paycore_ledger import merchants, migrations  # noqa: E402
 from pgcluster import PG_BIN, Cluster, free_port  # noqa: E402
 
 
+def counts(text: str) -> list[int]:
+    """An argparse type: whole numbers of 1 or more, comma-separated."""
+    if not all(s.strip().isdigit() and int(s) >= 1 for s in text.split(",")):
+        raise argparse.ArgumentTypeError("whole numbers of 1 or more, comma-separated, e.g. 2,8,32")
+    return [int(s) for s in text.split(",")]
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -493,7 +500,7 @@ def print_ceiling(pairs: list[PairFigures], floor_ms: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=15, help="seconds per throughput run")
-    parser.add_argument("--clients", default="16,64")
+    parser.add_argument("--clients", type=counts, default="16,64")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
         "--throughput-only",
@@ -543,7 +550,6 @@ def main() -> int:
         help="fairness: the hot merchant's pause per connection between requests (0: flat out)",
     )
     args = parser.parse_args()
-    client_counts = [int(c) for c in args.clients.split(",")]
     if args.pairs < 1:
         parser.error("--pairs must be 1 or more")
     if args.fairness and args.http_floor:
@@ -566,7 +572,7 @@ def main() -> int:
                 "-i",
                 "-q",
                 "-s",
-                str(max(client_counts)),
+                str(max(args.clients)),
                 cluster.url(database="pgbench"),
             ],
             capture_output=True,
@@ -577,7 +583,7 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PAYCORE_")}
         env.update(
             PAYCORE_DATABASE_URL=cluster.url(user="paycore_app", database="ledger"),
-            PAYCORE_DB_POOL_MAX=str(max(8, max(client_counts) // args.workers)),
+            PAYCORE_DB_POOL_MAX=str(max(8, max(args.clients) // args.workers)),
             PAYCORE_LOG_LEVEL="WARNING",
         )
         rate_limit = args.rate_limit or (None if args.fairness else UNBINDING_RATE_LIMIT)
@@ -619,12 +625,12 @@ def main() -> int:
         # Like pgbench's branches (-s 64: 64 of them, one picked at random per
         # transaction), payments go to one of as many merchant accounts, picked
         # at random per request. A separate run shows one hot merchant.
-        scale = max(client_counts)
+        scale = max(args.clients)
         keys = [asyncio.run(setup_merchant(owner_url, base))[0] for _ in range(scale)]
         # The set-up wrote pgbench's tables (about 1 GB at -s 64): flushed now,
         # so that a checkpoint's writes do not stall the commits of a measured run.
         cluster.psql("CHECKPOINT")
-        for clients in client_counts:
+        for clients in args.clients:
             wrk(base, keys, clients, 2)  # warm-up
             pairs = [
                 throughput_pair(cluster, server.pid, base, owner_url, keys, clients, args)
@@ -648,7 +654,7 @@ def main() -> int:
         )
         if args.throughput_only:
             return 0
-        hot = client_counts[0]
+        hot = args.clients[0]
         run = wrk(base, [key], hot, args.duration)
         print(
             f"clients={hot:3d} accounts=  1  payments/s={run['rate']:7.1f}"
