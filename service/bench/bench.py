@@ -552,8 +552,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.pairs < 1:
         parser.error("--pairs must be 1 or more")
-    if args.fairness and args.http_floor:
-        parser.error("--http-floor goes with the throughput runs, which --fairness skips")
+    if args.fairness and (args.http_floor or args.pairs != 1):
+        parser.error("--http-floor and --pairs go with the throughput runs, which --fairness skips")
     if shutil.which("wrk") is None:
         print("bench.py needs wrk, the HTTP load generator: apt-get install wrk", file=sys.stderr)
         return 2
