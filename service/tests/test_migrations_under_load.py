@@ -23,7 +23,8 @@ import uuid
 import asyncpg
 import pytest
 from conftest import APP_ROLE
-from paycore_ledger import ledger, merchants, migrations
+from ledger_setup import new_merchant_account
+from paycore_ledger import ledger, migrations
 
 FIRST_ONLINE_SAFE = 9
 ENTRIES = 1_000_000
@@ -69,13 +70,7 @@ async def scratch_ledger(scratch_database, monkeypatch):
 
 
 async def open_account(owner: asyncpg.Connection, n: int) -> tuple[str, str]:
-    created = await merchants.create(owner, f"load-{n}-{uuid.uuid4().hex[:6]}")
-    account = await owner.fetchval(
-        "INSERT INTO accounts (id, kind, merchant_id, currency)"
-        " VALUES ($1, 'merchant', $2, 'NGN') RETURNING id",
-        f"acct_load_{n}_{uuid.uuid4().hex[:6]}",
-        created["merchant_id"],
-    )
+    created, account = await new_merchant_account(owner, f"load-{n}-{uuid.uuid4().hex[:6]}")
     return created["merchant_id"], account
 
 

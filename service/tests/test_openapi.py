@@ -121,23 +121,18 @@ def new_merchant_sync(database):
     import uuid
 
     import asyncpg
-    from paycore_ledger import merchants
+    from ledger_setup import new_merchant_account
+    from paycore_ledger import ledger
 
     def make() -> str:
         async def go() -> str:
             conn = await asyncpg.connect(database.owner_url)
             try:
-                created = await merchants.create(conn, f"st-{uuid.uuid4().hex[:10]}")
                 # An account with money in it, so generated payouts reach the ledger.
-                from paycore_ledger import ledger
-
                 async with conn.transaction():
                     await ledger.ensure_system_accounts(conn, "NGN")
-                    account = await conn.fetchval(
-                        "INSERT INTO accounts (id, kind, merchant_id, currency)"
-                        " VALUES ($1, 'merchant', $2, 'NGN') RETURNING id",
-                        "acct_st_" + uuid.uuid4().hex[:12],
-                        created["merchant_id"],
+                    created, account = await new_merchant_account(
+                        conn, f"st-{uuid.uuid4().hex[:10]}"
                     )
                     seed = "pay_st_" + uuid.uuid4().hex[:12]
                     await ledger.post(
